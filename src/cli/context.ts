@@ -1,0 +1,76 @@
+import type { Command } from 'commander';
+import type { Kernel } from '../kernel/kernel.ts';
+import { openKernel } from '../kernel/open.ts';
+import { pauseForCommand } from '../machine/pause.ts';
+import type { Machine } from '../machine/types.ts';
+import { UsageError } from '../util/errors.ts';
+import type { Warnings } from '../util/warnings.ts';
+import { toJson } from './render.ts';
+import { openTarget, type TargetOptions } from './target.ts';
+
+/** Options every command sees (declared on the root program). */
+export interface GlobalOptions extends TargetOptions {
+  readonly json?: boolean;
+  readonly debug?: boolean;
+}
+
+export function globalOptions(cmd: Command): GlobalOptions {
+  return cmd.optsWithGlobals<GlobalOptions>();
+}
+
+/** Open the target machine, run `fn`, always close it. */
+export async function withMachine<T>(cmd: Command, fn: (machine: Machine, opts: GlobalOptions) => Promise<T>): Promise<T> {
+  const opts = globalOptions(cmd);
+  const machine = await openTarget(opts);
+  try {
+    return await fn(machine, opts);
+  } finally {
+    await machine.close();
+  }
+}
+
+/** Print a result: JSON when --json, otherwise the text rendering. */
+export function emit(opts: GlobalOptions, json: () => unknown, text: () => string): void {
+  const out = opts.json ? toJson(json()) : text();
+  if (out.length > 0) process.stdout.write(out.endsWith('\n') ? out : `${out}\n`);
+}
+
+/** Warnings go to stderr, one line each, so stdout stays clean data. */
+export function reportWarnings(warnings: Warnings): void {
+  for (const w of warnings.items) process.stderr.write(`vmlens: warning: ${w.where}: ${w.message}\n`);
+  if (warnings.droppedCount > 0) process.stderr.write(`vmlens: warning: ${warnings.droppedCount} more warnings not shown\n`);
+}
+
+/** Parse a user-given number or address: decimal, 0x hex, or a bare hex string with a-f. */
+export function parseAddress(text: string, what = 'address'): bigint {
+  const t = text.trim().replace(/_/g, '');
+  try {
+    if (/^0x[0-9a-f]+$/i.test(t)) return BigInt(t);
+    if (/^[0-9]+$/.test(t)) return BigInt(t);
+    if (/^[0-9a-f]+$/i.test(t)) return BigInt(`0x${t}`);
+  } catch {
+    /* fall through to the error below */
+  }
+  throw new UsageError(`not a valid ${what}: '${text}'`);
+}
+
+export function parseCount(text: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
+  const n = Number(parseAddress(text, what));
+  if (!Number.isSafeInteger(n) || n < 0 || n > max) throw new UsageError(`${what} out of range: '${text}' (at most ${max})`);
+  return n;
+}
+
+/** Open the target and find its kernel (kallsyms, BTF) — the start of every kernel command. */
+export async function withKernel<T>(cmd: Command, fn: (kernel: Kernel, opts: GlobalOptions) => Promise<T> | T): Promise<T> {
+  return withMachine(cmd, async (machine, opts) => {
+    const paused = opts.consistent ? await pauseForCommand(machine) : undefined;
+    try {
+      const kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: paused !== undefined || !machine.live });
+      const result = await fn(kernel, opts);
+      reportWarnings(kernel.warnings);
+      return result;
+    } finally {
+      if (paused) await paused.resume();
+    }
+  });
+}

@@ -1,0 +1,152 @@
+/**
+ * Doubly linked lists (include/linux/list.h) and hash lists, walked the way the kernel's macros
+ * do — but bounded and cycle-checked, because a guest can corrupt or forge any of it.
+ *
+ *   list_for_each_entry(pos, head, member)   →  listForEachEntry(head, 'struct T', 'member')
+ *   hlist_for_each_entry(pos, head, member)  →  hlistForEachEntry(head, 'struct T', 'member')
+ */
+import type { AddressSpace } from '../../mmu/address-space.ts';
+import { vaAddHi, vaAddLo } from '../../mmu/va.ts';
+import type { Warnings } from '../../util/warnings.ts';
+import { hex, KObject, typeIdOf } from '../object.ts';
+
+export interface WalkLimits {
+  /** Most entries visited before the walk is declared runaway (default 1,000,000). */
+  readonly limit?: number;
+  /** Name used in warnings, e.g. 'task list'. */
+  readonly what?: string;
+}
+
+export const DEFAULT_WALK_LIMIT = 1_000_000;
+
+/**
+ * A cursor over a circular list of list_head nodes starting after `head`. `next()` moves to the
+ * next node and returns false at the end of the list or when the walk must stop: a node that
+ * does not translate, a cycle that does not pass through the head (Brent's algorithm: constant
+ * memory), or more nodes than the limit. Each stop other than the normal end records a warning.
+ * No allocation per step: the position is in `hi`/`lo`.
+ */
+export class ListCursor {
+  hi: number;
+  lo: number;
+  count = 0;
+  /** Set when the walk stopped early (the list is corrupt, or changed under a live walk). */
+  broken = false;
+  private tortoiseHi: number;
+  private tortoiseLo: number;
+  private power = 1;
+  private lambda = 0;
+  private readonly limit: number;
+  private readonly what: string;
+
+  constructor(
+    private readonly space: AddressSpace,
+    private readonly warnings: Warnings,
+    private readonly headHi: number,
+    private readonly headLo: number,
+    limits: WalkLimits = {},
+    /** Offset of the pointer to follow inside a node: 0 = next (forward), 8 = prev. */
+    private readonly linkOffset = 0,
+  ) {
+    this.hi = headHi;
+    this.lo = headLo;
+    this.tortoiseHi = headHi;
+    this.tortoiseLo = headLo;
+    this.limit = limits.limit ?? DEFAULT_WALK_LIMIT;
+    this.what = limits.what ?? 'list';
+  }
+
+  next(): boolean {
+    if (this.broken) return false;
+    const space = this.space;
+    const ph = vaAddHi(this.hi, this.lo, this.linkOffset);
+    const pl = vaAddLo(this.lo, this.linkOffset);
+    const pa = space.translate(ph, pl);
+    if (pa < 0) return this.stop(`node at ${hex(this.hi, this.lo)} is not mapped`);
+    const lo = space.readU64(ph, pl);
+    const hi = space.hi;
+    if (hi === this.headHi && lo === this.headLo) return false;
+    if (hi === 0 && lo === 0) return this.stop(`NULL link after ${this.count} entries`);
+    if (++this.count > this.limit) return this.stop(`more than ${this.limit} entries; stopped`);
+    if (hi === this.tortoiseHi && lo === this.tortoiseLo) return this.stop(`cycle not through the head after ${this.count} entries`);
+    if (++this.lambda === this.power) {
+      this.tortoiseHi = hi;
+      this.tortoiseLo = lo;
+      this.power *= 2;
+      this.lambda = 0;
+    }
+    this.hi = hi;
+    this.lo = lo;
+    return true;
+  }
+
+  private stop(why: string): false {
+    this.broken = true;
+    this.warnings.warn(this.what, why);
+    return false;
+  }
+}
+
+/** Every list_head after `head` (a `struct list_head` object or a pointer to one). */
+export function* listForEach(head: KObject, limits?: WalkLimits): Generator<KObject> {
+  const h = head.kind === 2 /* PTR */ ? head.deref() : head;
+  const cur = new ListCursor(h.ctx.space, h.ctx.warnings, h.hi, h.lo, limits);
+  while (cur.next()) yield new KObject(h.ctx, h.typeId, cur.hi, cur.lo);
+}
+
+/** The structs of `type` linked through their `member` list_head on the list at `head`. */
+export function* listForEachEntry(head: KObject, type: string, member: string, limits?: WalkLimits): Generator<KObject> {
+  const ctx = head.ctx;
+  const id = typeIdOf(ctx.btf, type);
+  const off = ctx.btf.memberOffset(id, member);
+  const h = head.kind === 2 ? head.deref() : head;
+  const cur = new ListCursor(ctx.space, ctx.warnings, h.hi, h.lo, limits);
+  while (cur.next()) yield new KObject(ctx, id, vaAddHi(cur.hi, cur.lo, -off), vaAddLo(cur.lo, -off));
+}
+
+/**
+ * hlist: a NULL-terminated singly linked list from `struct hlist_head { first }` through
+ * `struct hlist_node { next, pprev }`. Bounded and cycle-checked like the circular lists.
+ */
+export function* hlistForEachEntry(head: KObject, type: string, member: string, limits?: WalkLimits): Generator<KObject> {
+  const ctx = head.ctx;
+  const space = ctx.space;
+  const id = typeIdOf(ctx.btf, type);
+  const off = ctx.btf.memberOffset(id, member);
+  const h = head.kind === 2 ? head.deref() : head;
+  // Treat `first` like a node's `next`: start from the head itself with link offset 0, and end
+  // on NULL (a fake head address that can never match).
+  let lo = space.readU64(h.hi, h.lo);
+  let hi = space.hi;
+  let count = 0;
+  let tHi = 0;
+  let tLo = 0;
+  let power = 1;
+  let lambda = 0;
+  const limit = limits?.limit ?? DEFAULT_WALK_LIMIT;
+  const what = limits?.what ?? 'hlist';
+  while (hi !== 0 || lo !== 0) {
+    if (++count > limit) {
+      ctx.warnings.warn(what, `more than ${limit} entries; stopped`);
+      return;
+    }
+    if (hi === tHi && lo === tLo) {
+      ctx.warnings.warn(what, `cycle after ${count} entries`);
+      return;
+    }
+    if (++lambda === power) {
+      tHi = hi;
+      tLo = lo;
+      power *= 2;
+      lambda = 0;
+    }
+    if (space.translate(hi, lo) < 0) {
+      ctx.warnings.warn(what, `node at ${hex(hi, lo)} is not mapped`);
+      return;
+    }
+    yield new KObject(ctx, id, vaAddHi(hi, lo, -off), vaAddLo(lo, -off));
+    const nlo = space.readU64(hi, lo);
+    hi = space.hi;
+    lo = nlo;
+  }
+}

@@ -1,0 +1,347 @@
+import { GuestDataError } from '../../util/errors.ts';
+import { ImageWindow, TABLE_ALIGN } from './reader.ts';
+import { TOKEN_COUNT, type TokenTable } from './tokens.ts';
+
+/**
+ * kallsyms_names, kallsyms_markers and kallsyms_num_syms (scripts/kallsyms.c, write_src).
+ *
+ * kallsyms_names is one entry per symbol, in address order: a length, then that many token
+ * indices. The length is one byte up to 0x7f; since 6.1 ("kallsyms: support big kernel
+ * symbols") longer entries take two bytes, ULEB128 style: (len & 0x7f) | 0x80, len >> 7.
+ * Before 6.1 the length was a single byte. The expansion starts with the symbol's type letter.
+ *
+ * kallsyms_markers holds the offset in kallsyms_names of every 256th entry: u32 in current
+ * kernels, unsigned long (u64) in older ones. kallsyms_num_syms is a u32 (unsigned long in old
+ * kernels; its low half reads the same).
+ *
+ * The three are checked against each other: walking 256 entries from the names start must land
+ * exactly on each marker in turn, and num_syms must be what the markers count allows.
+ */
+export interface NamesTable {
+  readonly namesVa: bigint;
+  readonly namesSize: number;
+  readonly count: number;
+  /** Where kallsyms_num_syms was found; undefined when the count was inferred from the walk. */
+  readonly numSymsVa: bigint | undefined;
+  /** Where kallsyms_markers was found; undefined when there are too few symbols to need one. */
+  readonly markersVa: bigint | undefined;
+  readonly markerWidth: 4 | 8;
+  /** Two-byte lengths for entries of 128 tokens or more (6.1 and later). */
+  readonly bigLengths: boolean;
+}
+
+/** Longest entry accepted: a name is shorter than KSYM_NAME_LEN (512), plus its type letter. */
+export const MAX_ENTRY_LENGTH = 1024;
+/** Upper bound on symbols: kallsyms_seqs_of_names stores indices in three bytes. */
+export const MAX_SYMBOLS = 1 << 24;
+const BLOCK = 256;
+const MIN_BLOCK_BYTES = BLOCK * 2;
+const MAX_BLOCK_BYTES = BLOCK * (MAX_ENTRY_LENGTH + 2);
+
+/** Per-token facts the walk needs, computed once. */
+export class TokenFacts {
+  /** 1 when the token starts with an ASCII letter: the first token of an entry must. */
+  readonly startsWithType = new Uint8Array(TOKEN_COUNT);
+  readonly length = new Uint16Array(TOKEN_COUNT);
+
+  constructor(readonly tokens: TokenTable) {
+    for (let i = 0; i < TOKEN_COUNT; i++) {
+      const len = tokens.length[i]!;
+      this.length[i] = len;
+      if (len > 0 && isTypeLetter(tokens.bytes[tokens.start[i]!]!)) this.startsWithType[i] = 1;
+    }
+  }
+}
+
+export function isTypeLetter(c: number): boolean {
+  return (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
+}
+
+/**
+ * End offset of the entry at `q`, or -1 when the bytes there cannot be an entry: a zero or
+ * oversized length, an entry past `limit`, a first token that is not a type letter, or an
+ * entry that expands to a type letter and no name.
+ */
+export function entryEnd(b: Uint8Array, q: number, limit: number, big: boolean, facts: TokenFacts): number {
+  if (q >= limit) return -1;
+  let len = b[q]!;
+  let first = q + 1;
+  if (len >= 0x80 && big) {
+    const high = b[q + 1]!;
+    // The writer uses two bytes only when one does not do, so the high byte is never 0.
+    if (high === 0 || high >= 0x80) return -1;
+    len = (len & 0x7f) | (high << 7);
+    first = q + 2;
+  }
+  if (len === 0 || len > MAX_ENTRY_LENGTH) return -1;
+  const next = first + len;
+  if (next > limit) return -1;
+  const t = b[first]!;
+  if (facts.startsWithType[t] === 0) return -1;
+  if (len === 1 && facts.length[t] < 2) return -1;
+  return next;
+}
+
+/** Offset after walking `count` entries from `q`, or -1 if any of them is not an entry. */
+function walk(b: Uint8Array, q: number, count: number, limit: number, big: boolean, facts: TokenFacts): number {
+  for (let i = 0; i < count; i++) {
+    q = entryEnd(b, q, limit, big, facts);
+    if (q < 0) return -1;
+  }
+  return q;
+}
+
+/** Number of entries that walk validly from `q`, up to `max`. */
+function walkableCount(b: Uint8Array, q: number, max: number, limit: number, big: boolean, facts: TokenFacts): number {
+  let n = 0;
+  while (n < max) {
+    q = entryEnd(b, q, limit, big, facts);
+    if (q < 0) break;
+    n++;
+  }
+  return n;
+}
+
+/** A run of increasing values starting at 0 that could be kallsyms_markers. */
+interface MarkerRun {
+  readonly off: number;
+  readonly width: 4 | 8;
+  readonly values: readonly number[];
+}
+
+/** Every plausible kallsyms_markers in the window, keyed by its second value (block 0's size). */
+function findMarkerRuns(win: ImageWindow): Map<number, MarkerRun[]> {
+  const bySecond = new Map<number, MarkerRun[]>();
+  const u32 = win.u32;
+  const maxRun = Math.ceil(MAX_SYMBOLS / BLOCK);
+  for (const width of [4, 8] as const) {
+    const stride = width >>> 2;
+    for (let w = 0; w + 2 * stride < u32.length; w += TABLE_ALIGN >>> 2) {
+      if (u32[w] !== 0 || (width === 8 && u32[w + 1] !== 0)) continue;
+      const second = u32[w + stride]!;
+      if (second < MIN_BLOCK_BYTES || second > MAX_BLOCK_BYTES) continue;
+      if (width === 8 && u32[w + stride + 1] !== 0) continue;
+      const values = [0];
+      let prev = 0;
+      for (let k = w + stride; k + stride - 1 < u32.length && values.length < maxRun; k += stride) {
+        const v = u32[k]!;
+        if (width === 8 && u32[k + 1] !== 0) break;
+        const step = v - prev;
+        if (step < MIN_BLOCK_BYTES || step > MAX_BLOCK_BYTES) break;
+        values.push(v);
+        prev = v;
+      }
+      const run: MarkerRun = { off: w << 2, width, values };
+      const list = bySecond.get(second);
+      if (list) list.push(run);
+      else bySecond.set(second, [run]);
+    }
+  }
+  return bySecond;
+}
+
+/**
+ * How many of the run's markers the names stream at `p` agrees with: marker k must be the
+ * offset of entry 256·k. Returns the number of markers matched (at least 1: marker 0 is 0).
+ */
+function markersMatched(b: Uint8Array, p: number, run: MarkerRun, big: boolean, facts: TokenFacts): number {
+  let q = p;
+  let k = 1;
+  for (; k < run.values.length; k++) {
+    q = walk(b, q, BLOCK, b.length, big, facts);
+    if (q < 0 || q - p !== run.values[k]) break;
+  }
+  return k;
+}
+
+/**
+ * Find kallsyms_names, kallsyms_markers and kallsyms_num_syms in the window. Tries the
+ * two-byte-length encoding first: it reads the older one-byte encoding the same unless an
+ * entry is exactly 128 tokens long, while the reverse fails on any long entry.
+ */
+export function findNames(win: ImageWindow, tokens: TokenTable): NamesTable | null {
+  const facts = new TokenFacts(tokens);
+  const runs = findMarkerRuns(win);
+  if (runs.size === 0) return null;
+  for (const big of [true, false]) {
+    const found = findNamesAdjacent(win, runs, big, facts) ?? findNamesAnywhere(win, runs, big, facts);
+    if (found) return found;
+  }
+  return null;
+}
+
+/** The markers run whose block sizes match the stream at `p` for `blocks` blocks, if any. */
+function matchingRun(win: ImageWindow, p: number, blocks: number, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): MarkerRun | undefined {
+  const b = win.bytes;
+  const afterFirst = walk(b, p, BLOCK, b.length, big, facts);
+  if (afterFirst < 0) return undefined;
+  const list = runs.get(afterFirst - p);
+  if (!list) return undefined;
+  for (const run of list) {
+    if (run.values.length < blocks) continue;
+    if (markersMatched(b, p, run, big, facts) >= blocks) return run;
+  }
+  return undefined;
+}
+
+/**
+ * Every kernel version so far puts kallsyms_num_syms immediately before kallsyms_names, so
+ * try that first: it finds the table with one cheap test per position. Everything it finds is
+ * verified as fully as what the general search finds.
+ */
+function findNamesAdjacent(win: ImageWindow, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): NamesTable | null {
+  const b = win.bytes;
+  let maxBlocks = 0;
+  for (const list of runs.values()) for (const r of list) maxBlocks = Math.max(maxBlocks, r.values.length);
+  for (let p = TABLE_ALIGN; p < b.length; p += TABLE_ALIGN) {
+    for (const gap of [8, 4]) {
+      const n = win.u32At(p - gap);
+      if (n <= BLOCK || n > MAX_SYMBOLS) continue;
+      const blocks = Math.ceil(n / BLOCK);
+      if (blocks > maxBlocks) continue;
+      if (entryEnd(b, p, b.length, big, facts) < 0) continue;
+      const run = matchingRun(win, p, blocks, runs, big, facts);
+      if (!run) continue;
+      const end = walk(b, p + run.values[blocks - 1]!, n - (blocks - 1) * BLOCK, b.length, big, facts);
+      if (end < 0) continue;
+      return {
+        namesVa: win.vaOf(p),
+        namesSize: end - p,
+        count: n,
+        numSymsVa: win.vaOf(p - gap),
+        markersVa: win.vaOf(run.off),
+        markerWidth: run.width,
+        bigLengths: big,
+      };
+    }
+  }
+  return null;
+}
+
+/**
+ * The general search: any aligned position where the stream agrees with a markers run. The
+ * count then comes from a u32 elsewhere in the window that the markers allow and the walk
+ * accepts, the nearest one winning; failing that, from how far the last block walks.
+ */
+function findNamesAnywhere(win: ImageWindow, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): NamesTable | null {
+  const b = win.bytes;
+  for (let p = 0; p < b.length; p += TABLE_ALIGN) {
+    if (entryEnd(b, p, b.length, big, facts) < 0) continue;
+    const afterFirst = walk(b, p, BLOCK, b.length, big, facts);
+    if (afterFirst < 0) continue;
+    const list = runs.get(afterFirst - p);
+    if (!list) continue;
+    for (const run of list) {
+      const blocks = markersMatched(b, p, run, big, facts);
+      if (blocks < 2) continue;
+      const lastBlock = p + run.values[blocks - 1]!;
+      const walkable = walkableCount(b, lastBlock, BLOCK, b.length, big, facts);
+      if (walkable === 0) continue;
+      const low = (blocks - 1) * BLOCK + 1;
+      const high = (blocks - 1) * BLOCK + walkable;
+      const declared = nearestCount(win, p, low, high);
+      const n = declared ? declared.count : high;
+      const end = walk(b, lastBlock, n - (blocks - 1) * BLOCK, b.length, big, facts);
+      if (end < 0) continue;
+      return {
+        namesVa: win.vaOf(p),
+        namesSize: end - p,
+        count: n,
+        numSymsVa: declared ? win.vaOf(declared.off) : undefined,
+        markersVa: win.vaOf(run.off),
+        markerWidth: run.width,
+        bigLengths: big,
+      };
+    }
+  }
+  return null;
+}
+
+/** The u32 in [low, high] nearest to offset `p`, at a 4-aligned offset. */
+function nearestCount(win: ImageWindow, p: number, low: number, high: number): { count: number; off: number } | undefined {
+  const u32 = win.u32;
+  let best: { count: number; off: number } | undefined;
+  let bestDistance = Infinity;
+  for (let w = 0; w < u32.length; w++) {
+    const v = u32[w]!;
+    if (v < low || v > high) continue;
+    const d = Math.abs((w << 2) - p);
+    if (d < bestDistance) {
+      best = { count: v, off: w << 2 };
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Decoded names: symbol i is names[i], of type letter types[i]. */
+export interface DecodedNames {
+  readonly names: string[];
+  readonly types: Uint8Array;
+  /** Names cut at MAX_NAME_LENGTH characters. */
+  readonly truncated: number;
+}
+
+/** Names are shorter than KSYM_NAME_LEN (512); anything longer is cut here. */
+export const MAX_NAME_LENGTH = 1023;
+/** All names together; a real kernel needs a few MiB. Beyond this the table is hostile. */
+export const MAX_NAMES_TEXT = 128 << 20;
+
+/**
+ * Expand every entry of a table findNames() verified. The token bytes are copied into one
+ * buffer with newlines between names, which is turned into strings in one pass: one latin1
+ * decode and one split is far cheaper than 100 000 small decodes. Tokens are printable (checked
+ * when the table was found), so a name never contains the separator.
+ */
+export function decodeNames(win: ImageWindow, table: NamesTable, tokens: TokenTable): DecodedNames {
+  const b = win.bytes;
+  const start = win.offsetOf(table.namesVa);
+  const limit = start + table.namesSize;
+  const tokBytes = tokens.bytes;
+  const tokStart = tokens.start;
+  const tokLen = tokens.length;
+  const n = table.count;
+  const types = new Uint8Array(n);
+  let out: Buffer = Buffer.allocUnsafe(Math.min(MAX_NAMES_TEXT, Math.max(4096, table.namesSize * 3)));
+  let o = 0;
+  let q = start;
+  let truncated = 0;
+  for (let i = 0; i < n; i++) {
+    let len = b[q]!;
+    q++;
+    if (len >= 0x80 && table.bigLengths) {
+      len = (len & 0x7f) | (b[q]! << 7);
+      q++;
+    }
+    const end = q + len;
+    if (end > limit) throw new GuestDataError(`kallsyms: symbol ${i} runs past the end of kallsyms_names`);
+    if (o + MAX_NAME_LENGTH + 1 > out.length) out = grow(out, o + MAX_NAME_LENGTH + 1);
+    const nameStart = o;
+    const nameLimit = o + MAX_NAME_LENGTH;
+    // The first character of the expansion is the type letter, not part of the name.
+    let first = true;
+    for (; q < end; q++) {
+      const t = b[q]!;
+      let s = tokStart[t]!;
+      let e = s + tokLen[t]!;
+      if (first && s < e) {
+        types[i] = tokBytes[s]!;
+        s++;
+        first = false;
+      }
+      if (o + (e - s) > nameLimit) e = s + (nameLimit - o);
+      while (s < e) out[o++] = tokBytes[s++]!;
+    }
+    if (o === nameLimit && nameLimit > nameStart) truncated++;
+    out[o++] = 0x0a;
+  }
+  const names = out.toString('latin1', 0, o - 1).split('\n');
+  return { names, types, truncated };
+}
+
+function grow(buf: Buffer, need: number): Buffer {
+  if (need > MAX_NAMES_TEXT) throw new GuestDataError(`kallsyms: names expand to more than ${MAX_NAMES_TEXT >> 20} MiB`);
+  const next = Buffer.allocUnsafe(Math.min(MAX_NAMES_TEXT, Math.max(need, buf.length * 2)));
+  buf.copy(next, 0, 0, buf.length);
+  return next;
+}

@@ -1,0 +1,51 @@
+import { accessSync, constants, mkdirSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/**
+ * Where the lab keeps things. Two places with different lifetimes:
+ * - the cache (kernels, initramfs images) survives reboots and is shared by every guest;
+ * - the runtime directory (sockets, pid, lab.json per guest) lives as long as the host is up,
+ *   like the guests themselves.
+ * Both can be moved with environment variables, which the test suite uses for isolation.
+ */
+
+/** `$VMLENS_CACHE_DIR`, else `$XDG_CACHE_HOME/vmlens`, else `~/.cache/vmlens`. */
+export function cacheDir(): string {
+  const env = process.env;
+  if (env.VMLENS_CACHE_DIR) return env.VMLENS_CACHE_DIR;
+  const base = env.XDG_CACHE_HOME && env.XDG_CACHE_HOME.startsWith('/') ? env.XDG_CACHE_HOME : join(homedir(), '.cache');
+  return join(base, 'vmlens');
+}
+
+/**
+ * `$VMLENS_RUNTIME_DIR`, else `/run/vmlens/lab` for root, else `$XDG_RUNTIME_DIR/vmlens/lab`,
+ * else `/tmp/vmlens-<uid>/lab`. Unix socket paths are limited to 107 bytes, so this stays short.
+ */
+export function labRuntimeDir(): string {
+  const env = process.env;
+  if (env.VMLENS_RUNTIME_DIR) return env.VMLENS_RUNTIME_DIR;
+  const uid = process.getuid?.() ?? -1;
+  if (uid === 0 && isWritableDir('/run')) return '/run/vmlens/lab';
+  if (env.XDG_RUNTIME_DIR && isWritableDir(env.XDG_RUNTIME_DIR)) return join(env.XDG_RUNTIME_DIR, 'vmlens', 'lab');
+  return join(tmpdir(), `vmlens-${uid}`, 'lab');
+}
+
+/** Directory holding guest RAM files: tmpfs, so the RAM never touches a disk. */
+export function ramDir(): string {
+  return process.env.VMLENS_RAM_DIR ?? '/dev/shm';
+}
+
+export function ensureDir(path: string): string {
+  mkdirSync(path, { recursive: true, mode: 0o755 });
+  return path;
+}
+
+function isWritableDir(path: string): boolean {
+  try {
+    accessSync(path, constants.W_OK | constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,77 @@
+import type { LabUser } from './initramfs.ts';
+import type { Progress } from './progress.ts';
+
+export type Paging = 4 | 5;
+export type Accel = 'tcg' | 'kvm';
+
+/** A long-lived process the lab started in the guest, as the guest's init reported it. */
+export interface LabProcess {
+  /** Its name (/proc/PID/comm). */
+  readonly comm: string;
+  readonly pid: number;
+  readonly user: string;
+  readonly uid: number;
+  /** Names of its threads other than the main one (only lab-threads has any). */
+  readonly threads?: readonly string[];
+}
+
+/** Everything known about a lab guest; stored as lab.json in its runtime directory. */
+export interface LabInfo {
+  readonly name: string;
+  /** Exact Debian image package, its version, and the kernel release (`uname -r`). */
+  readonly kernelPackage: string;
+  readonly kernelVersion: string;
+  readonly kernelRelease: string;
+  readonly memoryMiB: number;
+  readonly cpus: number;
+  readonly paging: Paging;
+  readonly accel: Accel;
+  /** Guest RAM, shared with QEMU (memory-backend-file, share=on). */
+  readonly ramFile: string;
+  /** QMP monitor for vmlens (and anyone else). */
+  readonly qmpSocket: string;
+  /** Serial console (ttyS0): kernel messages and a root shell; see GuestConsole. */
+  readonly consoleSocket: string;
+  /** A root shell on a virtio console (hvc0): the fast way to run commands (GuestConsole). */
+  readonly shellSocket: string;
+  /** gdbstub on 127.0.0.1. */
+  readonly gdbPort: number;
+  /** QEMU's pid. */
+  readonly pid: number;
+  /** Modules the guest loaded, in load order, as /proc/modules names them. */
+  readonly modules: readonly string[];
+  readonly processes: readonly LabProcess[];
+  readonly users: readonly LabUser[];
+  /** Hostname set in the guest. */
+  readonly hostname: string;
+  readonly startedAt: string;
+  /** From starting QEMU to the guest's ready marker. */
+  readonly bootMs: number;
+  readonly runtimeDir: string;
+  readonly kernelCmdline: string;
+  readonly vmlinuz: string;
+  readonly initramfs: string;
+  /** A second QMP monitor the lab keeps for itself (status, shutdown). */
+  readonly labQmpSocket: string;
+  /** A process whose exit makes this guest disposable (set by the test harness). */
+  readonly ownerPid?: number;
+}
+
+export interface LabUpOptions {
+  /** Guest name, [a-z0-9_-]; default 'default'. */
+  readonly name?: string;
+  /** Kernel image package or meta-package; default linux-image-amd64. */
+  readonly kernel?: string;
+  /** Guest RAM in MiB; default 1024. */
+  readonly memoryMiB?: number;
+  readonly cpus?: number;
+  /** 5 (default) for 5-level paging (LA57), 4 for 4-level. */
+  readonly paging?: Paging;
+  /** Long-lived lab-worker-N processes; default 16. */
+  readonly processes?: number;
+  readonly accel?: Accel;
+  readonly bootTimeoutMs?: number;
+  /** Phase lines; default: on stderr when it is a terminal. */
+  readonly progress?: Progress;
+  readonly ownerPid?: number;
+}
