@@ -136,9 +136,96 @@ summary(() => {
   bench(NAMES.walk5, () => readsVirtual(walk5, all5));
 });
 
+if (process.env.MANUAL) {
+  const time = (name: string, fn: () => void): void => {
+    let best = Infinity;
+    for (let k = 0; k < 30; k++) {
+      const c0 = process.cpuUsage();
+      for (let r = 0; r < 64; r++) fn();
+      const c = process.cpuUsage(c0);
+      best = Math.min(best, ((c.user + c.system) * 1000) / (64 * BATCH));
+    }
+    console.log(name.padEnd(44), best.toFixed(1), 'ns');
+  };
+  const translateOnly = (space: AddressSpace, p: Probes): void => {
+    let sum = 0;
+    let k = cursor;
+    for (let i = 0; i < BATCH; i++) {
+      k = (k + 1) & (PROBES - 1);
+      sum += space.translate(p.hi[k]!, p.lo[k]!);
+    }
+    cursor = k;
+    do_not_optimize(sum);
+  };
+  let misses = 0;
+  for (let i = 0; i < PROBES; i++) if (frozen.translate(hot4.hi[i]!, hot4.lo[i]!) !== hot4.pa[i]) misses++;
+  console.log('mismatches', misses);
+  time('translate only, frozen', () => translateOnly(frozen, hot4));
+  const physOnly = (r: PhysReader, p: Probes): void => {
+    let sum = 0;
+    let k = cursor;
+    for (let i = 0; i < BATCH; i++) {
+      k = (k + 1) & (PROBES - 1);
+      sum += r.u64(p.pa[k]!) + r.hi;
+    }
+    cursor = k;
+    do_not_optimize(sum);
+  };
+  time('reader.u64 only', () => physOnly(frozen.reader, hot4));
+  const combo = (space: AddressSpace, p: Probes): void => {
+    let sum = 0;
+    let k = cursor;
+    const r = space.reader;
+    for (let i = 0; i < BATCH; i++) {
+      k = (k + 1) & (PROBES - 1);
+      const pa = space.translate(p.hi[k]!, p.lo[k]!);
+      sum += r.u64(pa) + r.hi;
+    }
+    cursor = k;
+    do_not_optimize(sum);
+  };
+  time('translate + reader.u64', () => combo(frozen, hot4));
+  time('readU64', () => readsVirtual(frozen, hot4));
+  const combo2 = (space: AddressSpace, p: Probes): void => {
+    let sum = 0;
+    let k = cursor;
+    for (let i = 0; i < BATCH; i++) {
+      k = (k + 1) & (PROBES - 1);
+      const pa = space.translate(p.hi[k]!, p.lo[k]!);
+      sum += ram[pa / 4]!;
+    }
+    cursor = k;
+    do_not_optimize(sum);
+  };
+  time('translate + ram[pa/4]', () => combo2(frozen, hot4));
+  const combo3 = (p: Probes): void => {
+    let sum = 0;
+    let k = cursor;
+    for (let i = 0; i < BATCH; i++) {
+      k = (k + 1) & (PROBES - 1);
+      sum += ram[p.pa[k]! / 4]! + p.hi[k]! + p.lo[k]!;
+    }
+    cursor = k;
+    do_not_optimize(sum);
+  };
+  time('ram[pa/4] with hi/lo loads', () => combo3(hot4));
+  time('translate + reader.u64', () => combo(frozen, hot4));
+  for (let rep = 0; rep < 2; rep++) {
+    time(NAMES.physHot, () => readsPhysical(hot4));
+    time(NAMES.frozen, () => readsVirtual(frozen, hot4));
+    time(NAMES.live, () => readsVirtual(live, hot4));
+    time(NAMES.physAll, () => readsPhysical(all4));
+    time(NAMES.bigTlb, () => readsVirtual(frozenBigTlb, all4));
+    time(NAMES.walk4, () => readsVirtual(walk4, all4));
+    time(NAMES.walk5, () => readsVirtual(walk5, all5));
+  }
+  process.exit(0);
+}
 const result = await run();
-console.log(`\nper 8-byte read (average over batches of ${BATCH}):`);
+// On a shared machine the minimum is the least disturbed figure; the median shows the spread.
+console.log(`\nper 8-byte read (batches of ${BATCH}):           min       p50       avg`);
+const ns = (v: number): string => `${(v / BATCH).toFixed(1).padStart(7)} ns`;
 for (const t of result.benchmarks) {
-  const stats = t.runs[0]?.stats;
-  if (stats) console.log(`  ${t.alias.padEnd(44)} ${(stats.avg / BATCH).toFixed(1).padStart(7)} ns   (p50 ${(stats.p50 / BATCH).toFixed(1)} ns)`);
+  const st = t.runs[0]?.stats;
+  if (st) console.log(`  ${t.alias.padEnd(42)} ${ns(st.min)} ${ns(st.p50)} ${ns(st.avg)}`);
 }

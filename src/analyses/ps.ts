@@ -22,6 +22,11 @@ export interface TaskRow {
   /** One letter as in /proc/PID/stat: R S D T t X Z P I. */
   readonly state: string;
   readonly comm: string;
+  /**
+   * The name /proc shows (proc_task_name): comm for user tasks; a kernel thread's full name
+   * (kthread->full_name) and a workqueue worker's "kworker/0:1-events" description.
+   */
+  readonly name: string;
   /** Start time, nanoseconds since boot (start_boottime, as /proc uses). */
   readonly startTimeNs: number;
   /** Threads in the thread group (signal->nr_threads). */
@@ -36,6 +41,9 @@ export interface PsOptions {
 }
 
 const PF_KTHREAD = 0x0020_0000;
+const PF_WQ_WORKER = 0x0000_0020;
+/** Size of /proc's name buffer (tcomm[64] in fs/proc/array.c). */
+const PROC_NAME_MAX = 63;
 const STATE_CHARS = 'RSDTtXZPI';
 const TASK_REPORT = 0x7f;
 const TASK_REPORT_IDLE = 0x80;
@@ -130,6 +138,7 @@ export function readTask(k: Kernel, L: TaskLayout, hi: number, lo: number, scrat
   }
   let threads = 0;
   if (loadPtr(s, hi, lo, L.signal, scratch)) threads = i32At(s, scratch.hi, scratch.lo, L.nrThreads);
+  const kthread = (flags & PF_KTHREAD) !== 0;
   return {
     task: vaFromParts(hi, lo),
     pid,
@@ -140,10 +149,35 @@ export function readTask(k: Kernel, L: TaskLayout, hi: number, lo: number, scrat
     euid,
     state,
     comm,
+    name: kthread ? kthreadName(k, vaFromParts(hi, lo), comm, flags) : comm,
     startTimeNs,
     threads,
-    kthread: (flags & PF_KTHREAD) !== 0,
+    kthread,
   };
+}
+
+/**
+ * proc_task_name() for kernel threads: workqueue workers get "-desc" (or "+desc" while running
+ * work) after their comm; other kthreads their full name when it did not fit in comm. Kernels
+ * without these structures (older than 5.17) show comm, as their /proc does.
+ */
+function kthreadName(k: Kernel, task: bigint, comm: string, flags: number): string {
+  if (!k.hasMember('task_struct', 'worker_private') || !k.hasMember('kthread', 'full_name')) return comm;
+  try {
+    const kt = k.object('struct task_struct', task).member('worker_private').cast('struct kthread *');
+    if (kt.isNull()) return comm;
+    if (flags & PF_WQ_WORKER) {
+      const worker = kt.deref().member('data').cast('struct worker *');
+      if (worker.isNull() || worker.member('pool').isNull()) return comm;
+      const desc = worker.member('desc').str();
+      if (desc === '') return comm;
+      return `${comm}${worker.member('current_work').isNull() ? '-' : '+'}${desc}`.slice(0, PROC_NAME_MAX);
+    }
+    const full = kt.deref().member('full_name');
+    return full.isNull() ? comm : full.str(PROC_NAME_MAX);
+  } catch {
+    return comm;
+  }
 }
 
 /**

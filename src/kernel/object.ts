@@ -276,9 +276,32 @@ export class KObject {
   }
 }
 
-/** Type id for a C type name such as `struct task_struct`, `unsigned long`, `pid_t`. */
+const pointerIndex = new WeakMap<Btf, Map<number, number>>();
+
+/** Id of a BTF pointer type to `target`, found once per BTF by a scan of its PTR types. */
+export function pointerTypeId(btf: Btf, target: number): number | undefined {
+  let index = pointerIndex.get(btf);
+  if (!index) {
+    index = new Map();
+    const table = btf.table;
+    const end = table.firstId + table.typeCount;
+    for (let id = table.firstId; id < end; id++) {
+      if (table.kindOf(id) === BtfKind.PTR && !index.has(table.sizeOrTypeOf(id))) index.set(table.sizeOrTypeOf(id), id);
+    }
+    pointerIndex.set(btf, index);
+  }
+  return index.get(target);
+}
+
+/** Type id for a C type name such as `struct task_struct`, `unsigned long`, `pid_t`, `struct pid *`. */
 export function typeIdOf(btf: Btf, type: string): number {
-  const id = btf.findTypeId(type.trim());
+  const t = type.trim();
+  if (t.endsWith('*')) {
+    const id = pointerTypeId(btf, typeIdOf(btf, t.slice(0, -1)));
+    if (id === undefined) throw new UsageError(`no pointer type '${t}' in the kernel's BTF`);
+    return id;
+  }
+  const id = btf.findTypeId(t);
   if (id === undefined) throw new UsageError(`no type '${type}' in the kernel's BTF`);
   return id;
 }

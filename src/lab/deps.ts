@@ -78,7 +78,8 @@ async function aptInstall(packages: readonly string[]): Promise<void> {
   }
 }
 
-function aptListsEmpty(): boolean {
+/** True on a host that has never fetched package lists (apt-get update). */
+export function aptListsEmpty(): boolean {
   try {
     return !readdirSync('/var/lib/apt/lists').some((f) => f.endsWith('_Packages') || f.endsWith('_Packages.lz4'));
   } catch {

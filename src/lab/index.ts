@@ -107,6 +107,7 @@ async function boot(want: Resolved, opts: LabUpOptions): Promise<LabInfo> {
     qmpSocket: paths.qmpSocket,
     consoleSocket: paths.consoleSocket,
     shellSocket: paths.shellSocket,
+    dataSocket: paths.dataSocket,
     gdbPort,
     pid,
     modules: [],

@@ -73,6 +73,7 @@ export function initramfsEntries(kernel: CachedKernel): CpioEntry[] {
   entries.push({ type: 'file', path: 'init', data: guest('init'), mode: 0o755 });
   entries.push({ type: 'file', path: 'bin/lab-worker', data: guest('lab-worker'), mode: 0o755 });
   entries.push({ type: 'file', path: 'bin/lab-ticker', data: guest('lab-ticker'), mode: 0o755 });
+  entries.push({ type: 'file', path: 'bin/lab-shell', data: guest('lab-shell'), mode: 0o755 });
   entries.push({ type: 'file', path: 'bin/lab-threads', data: threadsElf(), mode: 0o755 });
 
   const passwd = LAB_USERS.map((u) => `${u.name}:x:${u.uid}:${u.gid}:${u.name}:${u.home}:/bin/sh\n`).join('');

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { TargetError, UsageError } from '../util/errors.ts';
+import { aptListsEmpty } from './deps.ts';
 import { withLock } from './lock.ts';
 import { readModInfo } from './modinfo.ts';
 import { cacheDir, ensureDir } from './paths.ts';
@@ -110,14 +111,12 @@ export function imageDependency(name: string, dependsOutput: string): string | u
 async function aptDepends(name: string): Promise<string> {
   const ask = () => runTool('apt-cache', ['depends', name], { allowFailure: true });
   let r = await ask();
-  if (r.code !== 0 || !r.stdout.trim()) {
+  if ((r.code !== 0 || !r.stdout.trim()) && aptListsEmpty() && process.getuid?.() === 0) {
     // A fresh host may never have fetched package lists.
-    if (process.getuid?.() === 0) {
-      await runTool('apt-get', ['update', '-q'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-      r = await ask();
-    }
-    if (r.code !== 0 || !r.stdout.trim()) throw new UsageError(`no such kernel package: ${name} (apt-cache knows nothing of it)`);
+    await runTool('apt-get', ['update', '-q'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    r = await ask();
   }
+  if (r.code !== 0 || !r.stdout.trim()) throw new UsageError(`no such kernel package: ${name} (apt-cache knows nothing of it)`);
   return r.stdout;
 }
 

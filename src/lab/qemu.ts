@@ -27,6 +27,8 @@ export interface QemuConfig {
 }
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
+/** Name of the virtio port carrying command output; the guest's /init looks for it. */
+export const DATA_PORT_NAME = 'vmlens.data';
 
 export function qemuArgs(c: QemuConfig): string[] {
   const p = c.paths;
@@ -48,13 +50,13 @@ export function qemuArgs(c: QemuConfig): string[] {
     '-no-reboot',
     '-chardev', `socket,id=con,path=${p.consoleSocket},server=on,wait=off`,
     '-serial', 'chardev:con',
-    // A virtio console (hvc0) for the host's command shell: bulk transfers instead of a byte
-    // per emulated UART write.
+    // The host's command shell: a virtio console (hvc0) to type into, and a raw virtio port
+    // for what commands print (bulk transfers; the UART moves a byte per emulated write).
     '-device', 'virtio-serial-pci,id=vser',
     '-chardev', `socket,id=shell,path=${p.shellSocket},server=on,wait=off`,
     '-device', 'virtconsole,chardev=shell,bus=vser.0',
-    '-chardev', `socket,id=data,path=${p.dir}/data.sock,server=on,wait=off`,
-    '-device', 'virtserialport,chardev=data,bus=vser.0,name=vmlens.data',
+    '-chardev', `socket,id=data,path=${p.dataSocket},server=on,wait=off`,
+    '-device', `virtserialport,chardev=data,bus=vser.0,name=${DATA_PORT_NAME}`,
     '-qmp', `unix:${p.qmpSocket},server=on,wait=off`,
     '-qmp', `unix:${p.labQmpSocket},server=on,wait=off`,
     '-gdb', `tcp:127.0.0.1:${c.gdbPort}`,

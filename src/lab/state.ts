@@ -35,6 +35,7 @@ export interface LabPaths {
   readonly labQmpSocket: string;
   readonly consoleSocket: string;
   readonly shellSocket: string;
+  readonly dataSocket: string;
   readonly pidFile: string;
   readonly ramFile: string;
 }
@@ -50,6 +51,7 @@ export function labPaths(name: string): LabPaths {
     labQmpSocket: join(dir, 'lab-qmp.sock'),
     consoleSocket: join(dir, 'console.sock'),
     shellSocket: join(dir, 'shell.sock'),
+    dataSocket: join(dir, 'data.sock'),
     pidFile: join(dir, 'qemu.pid'),
     ramFile: join(ramDir(), `vmlens-${name}.ram`),
   };

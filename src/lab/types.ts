@@ -32,8 +32,12 @@ export interface LabInfo {
   readonly qmpSocket: string;
   /** Serial console (ttyS0): kernel messages and a root shell; see GuestConsole. */
   readonly consoleSocket: string;
-  /** A root shell on a virtio console (hvc0): the fast way to run commands (GuestConsole). */
+  /**
+   * The host's command shell: a root shell on a virtio console (hvc0), with its output port
+   * (fd 3 in that shell). GuestConsole.forLab() uses both; much faster than the serial console.
+   */
   readonly shellSocket: string;
+  readonly dataSocket: string;
   /** gdbstub on 127.0.0.1. */
   readonly gdbPort: number;
   /** QEMU's pid. */

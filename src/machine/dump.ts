@@ -37,7 +37,7 @@ export class DumpMachine implements Machine {
   ) {}
 
   /** The guest's VMCOREINFO text, when the dump has the note (QEMU with -device vmcoreinfo, kdump). */
-  get vmcoreinfo(): string | undefined {
+  async vmcoreinfo(): Promise<string | undefined> {
     return this.core?.notes.vmcoreinfo;
   }
 

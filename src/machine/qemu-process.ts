@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
+import type { Extent } from '../source/extents.ts';
 import type { QmpClient } from './qmp.ts';
 
 /**
@@ -112,4 +113,46 @@ export async function findQemuProcess(qmp: QmpClient): Promise<QemuProcess | und
     if (comm.startsWith('qemu')) return processOf(pid);
   }
   return undefined;
+}
+
+interface MapsLine {
+  readonly start: number;
+  readonly end: number;
+  readonly shared: boolean;
+  readonly offset: number;
+  readonly inode: string;
+  readonly text: string;
+}
+
+function readMaps(pid: number): MapsLine[] {
+  const out: MapsLine[] = [];
+  for (const line of (readText(`/proc/${pid}/maps`) ?? '').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)/.exec(line);
+    if (!m) continue;
+    out.push({ start: parseInt(m[1]!, 16), end: parseInt(m[2]!, 16), shared: m[3]![3] === 's', offset: parseInt(m[4]!, 16), inode: `${m[5]}:${m[6]}`, text: line });
+  }
+  return out;
+}
+
+/**
+ * Whether QEMU maps guest RAM from one shared file (a memfd, a file in a hugetlbfs directory,
+ * a /dev/shm file): then that file can be mapped by us too, through /proc/PID/map_files, even
+ * when it has no name we could open. `hostLayout` is the gpa → host-virtual map of guest RAM;
+ * the result maps gpa → offset in that file.
+ */
+export function sharedMappingOf(pid: number, hostLayout: readonly Extent[]): { path: string; layout: Extent[] } | undefined {
+  const maps = readMaps(pid);
+  let inode: string | undefined;
+  let first: MapsLine | undefined;
+  const layout: Extent[] = [];
+  for (const e of hostLayout) {
+    const line = maps.find((l) => e.offset >= l.start && e.offset + e.size <= l.end);
+    if (!line || !line.shared || line.inode.endsWith(':0')) return undefined;
+    if (inode !== undefined && line.inode !== inode) return undefined;
+    inode = line.inode;
+    first ??= line;
+    layout.push({ gpa: e.gpa, size: e.size, offset: line.offset + (e.offset - line.start) });
+  }
+  if (!first) return undefined;
+  return { path: `/proc/${pid}/map_files/${first.start.toString(16)}-${first.end.toString(16)}`, layout };
 }

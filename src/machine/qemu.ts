@@ -3,7 +3,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Extent, rangesOf } from '../source/extents.ts';
-import { EM_X86_64, type QemuCpuNote, readElfCoreFile } from '../source/elf-core.ts';
+import { EM_X86_64, type ElfCoreInfo, readElfCoreFile } from '../source/elf-core.ts';
 import { GdbPhysicalMemory } from '../source/gdb/source.ts';
 import { openProcMem } from '../source/proc-mem.ts';
 import { openSharedFile } from '../source/shared-file.ts';
@@ -12,17 +12,25 @@ import { TargetError, UsageError } from '../util/errors.ts';
 import type { Warnings } from '../util/warnings.ts';
 import { parseInfoRegisters } from './hmp-registers.ts';
 import { type FlatRange, largestRamRegion, parseFlatView, regionExtents } from './mtree.ts';
-import { findQemuProcess, type QemuProcess } from './qemu-process.ts';
+import { findQemuProcess, type QemuProcess, sharedMappingOf } from './qemu-process.ts';
 import { QmpClient, QmpError } from './qmp.ts';
 import type { Machine, VcpuState } from './types.ts';
 import { mergeHmpAndNote } from './vcpu-state.ts';
 
 /**
- * A live QEMU guest found from its QMP socket alone. Guest RAM is read from the RAM file when
- * the machine's memory backend is a shared file we can open (zero-copy), otherwise from the
- * QEMU process's memory. vCPU state comes from HMP `info registers -a`, completed by the notes
- * of a one-page `dump-guest-memory` (full-width registers and IA32_KERNEL_GS_BASE, which HMP
- * does not print).
+ * A live QEMU guest found from its QMP socket alone.
+ *
+ * Guest RAM: the machine's memory backend (QOM `memory-backend` of /machine) and QEMU's flat
+ * view of physical memory give where each piece of RAM sits in the RAM block. When QEMU maps
+ * that block shared, we map the same file (zero-copy): by its mem-path, or — for a memfd or a
+ * file QEMU created and unlinked — through /proc/PID/map_files. Otherwise the QEMU process's
+ * memory is read through /proc/PID/mem at the host addresses HMP `gpa2hva` gives.
+ *
+ * vCPU state: HMP `info registers -a`, completed by the notes of a one-page
+ * `dump-guest-memory` (full-width registers and IA32_KERNEL_GS_BASE, which HMP does not print).
+ *
+ * The physical map is read once, at attach: a guest that remaps RAM later (memory hotplug)
+ * needs a new attach.
  */
 
 /**
@@ -54,6 +62,7 @@ export interface RamBackend {
   readonly size: number;
   /** For memory-backend-file. */
   readonly memPath?: string;
+  /** Whether QEMU maps the RAM shared (then its file, named or not, can be mapped by us). */
   readonly share?: boolean;
   readonly readonly?: boolean;
   /** File offset of the RAM block (QEMU 8.1+ `offset`; 0 before). */
@@ -81,8 +90,17 @@ export class QemuMachine implements Machine {
   async vcpus(): Promise<VcpuState[]> {
     const hmp = parseInfoRegisters(await this.qmp.hmp('info registers -a'));
     if (hmp.length === 0) throw new TargetError(`${this.name}: QEMU printed no vCPU registers`);
-    const notes = await this.readCpuNotes();
-    return hmp.map((h, i) => mergeHmpAndNote(h, notes?.cpus[i], notes?.longMode ?? false));
+    const notes = await this.readNotes();
+    const longMode = notes?.machine === EM_X86_64;
+    return hmp.map((h, i) => mergeHmpAndNote(h, notes?.notes.qemuCpus[i], longMode));
+  }
+
+  /**
+   * The guest kernel's VMCOREINFO text, which QEMU holds when started with `-device vmcoreinfo`
+   * and the guest has loaded qemu_fw_cfg; undefined otherwise.
+   */
+  async vmcoreinfo(): Promise<string | undefined> {
+    return (await this.readNotes())?.notes.vmcoreinfo;
   }
 
   async pause(): Promise<void> {
@@ -108,10 +126,11 @@ export class QemuMachine implements Machine {
   }
 
   /**
-   * QEMU's per-vCPU notes from a dump of one page of RAM into a private temporary directory.
-   * undefined (and a warning) when QEMU cannot write there or refuses to dump.
+   * QEMU's notes (per-vCPU state, VMCOREINFO) from a dump of one page of RAM into a private
+   * temporary directory. undefined (and a warning) when QEMU cannot write there or refuses to
+   * dump. A running guest is stopped by QEMU for the few milliseconds this takes.
    */
-  private async readCpuNotes(): Promise<{ cpus: QemuCpuNote[]; longMode: boolean } | undefined> {
+  private async readNotes(): Promise<ElfCoreInfo | undefined> {
     const first = this.layout[0];
     if (!first) return undefined;
     const dir = mkdtempSync(join(tmpdir(), 'vmlens-notes-'));
@@ -124,10 +143,9 @@ export class QemuMachine implements Machine {
         { paging: false, protocol: `file:${file}`, begin: first.gpa, length: 4096 },
         { timeoutMs: NOTES_DUMP_TIMEOUT_MS },
       );
-      const info = readElfCoreFile(file, this.warnings);
-      return { cpus: [...info.notes.qemuCpus], longMode: info.machine === EM_X86_64 };
+      return readElfCoreFile(file, this.warnings);
     } catch (e) {
-      this.warnings?.warn(this.name, `vCPU notes unavailable (kernel GS base unknown): ${e instanceof Error ? e.message : String(e)}`);
+      this.warnings?.warn(this.name, `QEMU's vCPU notes unavailable (kernel GS base unknown): ${e instanceof Error ? e.message : String(e)}`);
       return undefined;
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -156,7 +174,7 @@ async function findRamBackend(qmp: QmpClient, flat: readonly FlatRange[]): Promi
   const id = path.slice(path.lastIndexOf('/') + 1);
   const type = (await qomGet<string>(qmp, path, 'type')) ?? 'unknown';
   const size = (await qomGet<number>(qmp, path, 'size')) ?? 0;
-  if (type !== 'memory-backend-file') return { path, id, type, size, fileOffset: 0 };
+  if (type !== 'memory-backend-file') return { path, id, type, size, share: await qomGet<boolean>(qmp, path, 'share'), fileOffset: 0 };
   return {
     path,
     id,
@@ -233,23 +251,36 @@ async function openLiveMemory(
 ): Promise<PhysicalMemory> {
   if (want === 'gdb') return openGdbSource(qmp, layout, writable);
   const reasons: string[] = [];
+  const fileWritable = backend.readonly ? false : writable;
+  let hvas: Extent[] | undefined;
   if (want === 'file' || want === 'auto') {
     const why = fileUnusable(backend);
     if (!why) {
       try {
-        return await openSharedFile(backend.memPath!, { layout, writable: backend.readonly ? false : writable });
+        return await openSharedFile(backend.memPath!, { layout, writable: fileWritable });
       } catch (e) {
-        if (want === 'file') throw e;
         reasons.push(e instanceof Error ? e.message : String(e));
       }
-    } else if (want === 'file') throw new TargetError(`${qmp.path}: cannot use the RAM file: ${why}`);
-    else reasons.push(why);
+    } else reasons.push(why);
+    // A shared file without a usable name (memfd, hugetlbfs directory): map it from QEMU's side.
+    if (process && backend.share) {
+      hvas = await hostLayout(qmp, layout);
+      const shared = sharedMappingOf(process.pid, hvas);
+      if (shared) {
+        try {
+          return await openSharedFile(shared.path, { layout: shared.layout, writable: fileWritable });
+        } catch (e) {
+          reasons.push(e instanceof Error ? e.message : String(e));
+        }
+      }
+    }
+    if (want === 'file') throw new TargetError(`${qmp.path}: cannot use the RAM file: ${reasons.join('; ')}`);
   }
   if (!process) {
     reasons.push('the QEMU process is not visible from here (another pid namespace?)');
     throw new TargetError(`${qmp.path}: no way to read guest memory: ${reasons.join('; ')}`);
   }
-  return openProcMem({ pid: process.pid, layout: await hostLayout(qmp, layout), writable });
+  return openProcMem({ pid: process.pid, layout: hvas ?? (await hostLayout(qmp, layout)), writable });
 }
 
 /** Connect to QEMU's QMP socket and build a Machine over its guest. */

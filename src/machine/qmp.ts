@@ -181,7 +181,13 @@ export class QmpClient {
     if (!isObject(msg)) return;
     if (typeof msg.event === 'string') {
       const event = msg as unknown as QmpEvent;
-      for (const l of [...this.listeners]) l(event);
+      for (const l of [...this.listeners]) {
+        try {
+          l(event);
+        } catch {
+          // A listener's failure is its own; the connection carries on.
+        }
+      }
       return;
     }
     const id = typeof msg.id === 'number' ? msg.id : this.oldestPendingId();

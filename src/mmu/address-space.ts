@@ -27,7 +27,7 @@ import {
   type PagingFormat,
   type WalkerOptions,
 } from './paging.ts';
-import { checkVa, isCanonical, vaFromParts, vaHi, vaLo } from './va.ts';
+import { checkVa, DOUBLE_ZERO, isCanonical, vaFromParts, vaHi, vaLo } from './va.ts';
 
 const PAGE = 4096;
 const TWO_32 = 4294967296;
@@ -94,13 +94,14 @@ export class AddressSpace {
   readonly reader: PhysReader;
   readonly format: PagingFormat;
   readonly levels: 4 | 5;
-  readonly root: number;
+  // Number fields start as numbers, never undefined; doubles where values exceed 2^30 (see DOUBLE_ZERO).
+  readonly root: number = DOUBLE_ZERO;
 
   /**
    * Out-parameter of `readU64`: the high 32 bits of the value it just read. `readU64` returns the
    * low 32 bits; read `space.hi` immediately after, before any other read through this space.
    */
-  hi = 0;
+  hi = DOUBLE_ZERO;
   /** After `translate` returned -1: the level (1 = PTE … 5 = PML5E) and why. */
   lastFaultLevel = 0;
   lastFaultReason = '';
@@ -127,16 +128,16 @@ export class AddressSpace {
   //   the same, the walk reads the same addresses, gets the same values, and reaches the same
   //   result — so the cached result is exactly what a fresh walk would give now. If one differs,
   //   the cache walks afresh.
-  private tlbOn: boolean;
-  private readonly tlbShift: number;
+  private tlbOn = false;
+  private readonly tlbShift: number = 31;
   private readonly tlbKey: Float64Array;
   private readonly tlbPa: Float64Array;
   private readonly tlbDepth: Uint8Array;
   private readonly tlbPathPa: Float64Array;
   private readonly tlbPathLo: Uint32Array;
   private readonly tlbPathHi: Uint32Array;
-  private epoch: number;
-  private frozen: boolean;
+  private epoch = 0;
+  private frozen = false;
 
   constructor(memory: PhysReader | PhysicalMemory, root: number, levels: 4 | 5, options: AddressSpaceOptions = {}) {
     if (levels !== 4 && levels !== 5) throw new UsageError(`paging levels must be 4 or 5, not ${String(levels)}`);

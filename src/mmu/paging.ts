@@ -11,7 +11,7 @@
 import { pagingMode, type VcpuState } from '../machine/types.ts';
 import { UsageError } from '../util/errors.ts';
 import type { PhysReader } from './phys-reader.ts';
-import { isCanonical } from './va.ts';
+import { DOUBLE_ZERO, isCanonical } from './va.ts';
 
 export const PTE_PRESENT = 0x001;
 export const PTE_WRITABLE = 0x002;
@@ -114,9 +114,10 @@ export interface WalkerOptions {
  */
 export class PageWalker {
   readonly format: PagingFormat;
-  root: number;
+  // Number fields start as numbers, never undefined; doubles where values exceed 2^30 (see DOUBLE_ZERO).
+  readonly root: number = DOUBLE_ZERO;
 
-  pagePa = 0;
+  pagePa = DOUBLE_ZERO;
   pageSize = 0;
   perms = 0;
   depth = 0;
@@ -126,8 +127,9 @@ export class PageWalker {
   readonly pathLo = new Uint32Array(5);
   readonly pathHi = new Uint32Array(5);
 
+  private readonly rootPa = new Float64Array(1);
   private readonly reader: PhysReader;
-  private readonly n: number;
+  private readonly n: number = 0;
   private readonly shifts: Int32Array;
   private readonly levelNo: Int32Array;
   private readonly leafSizes: Int32Array;
@@ -136,12 +138,13 @@ export class PageWalker {
   /** For a leaf above level 1: reserved low-half bits (13 … log2(size)-1; bit 12 is PAT). */
   private readonly leafRsvdLo: Int32Array;
   /** Entry bits reserved by MAXPHYADDR, as bits of the entry's high half. */
-  readonly reservedHi: number;
+  readonly reservedHi: number = 0;
 
   constructor(reader: PhysReader, format: PagingFormat, root: number, options: WalkerOptions = {}) {
     this.reader = reader;
     this.format = format;
     this.root = root;
+    this.rootPa[0] = root;
     const t = format.table;
     this.n = t.length;
     this.shifts = Int32Array.from(t, (l) => l.shift);
@@ -164,10 +167,13 @@ export class PageWalker {
     this.depth = 0;
     if (!isCanonical(hi, 0, this.format.levels)) return this.fault(this.format.levels, FAULT_NON_CANONICAL);
     const reader = this.reader;
-    let table = this.root;
-    let allow = PERM_WRITABLE | PERM_USER;
+    // Physical addresses exceed 2^30, V8's small-integer range: starting `table` from a
+    // Float64Array keeps it an unboxed double through the loop (no allocation per level).
+    let table = this.rootPa[0]!;
+    let allow = 3; // PERM_WRITABLE | PERM_USER
     let nx = 0;
     const n = this.n;
+    // Bit masks are literals here: module constants would be re-loaded and checked on every use.
     for (let i = 0; i < n; i++) {
       // Index bits start at VA bit `shift`: bit (shift - 12) of the page number.
       const s = this.shifts[i]! - 12;
@@ -180,29 +186,30 @@ export class PageWalker {
       this.pathLo[i] = elo;
       this.pathHi[i] = ehi;
       this.depth = i + 1;
-      if ((elo & PTE_PRESENT) === 0) return this.fault(this.levelNo[i]!, FAULT_NOT_PRESENT);
+      if ((elo & 1) === 0) return this.fault(this.levelNo[i]!, FAULT_NOT_PRESENT); // P
       if ((ehi & this.reservedHi) !== 0) return this.fault(this.levelNo[i]!, FAULT_RESERVED);
-      // Permissions combine over the path: writable and user only if every level allows it.
-      allow &= (elo >>> 1) & (PERM_WRITABLE | PERM_USER); // R/W → PERM_WRITABLE, U/S → PERM_USER
-      nx |= ehi >>> 31;
-      const addrHi = (ehi & PTE_ADDR_HI) * 4294967296;
+      // Rights combine over the path: writable and user only if every level allows them.
+      allow &= (elo >>> 1) & 3; // R/W (bit 1) → PERM_WRITABLE, U/S (bit 2) → PERM_USER
+      nx |= ehi >>> 31; // XD, bit 63
+      const frameHi = (ehi & 0xfffff) * 4294967296; // address bits 32..51
       if (i === n - 1) {
         this.pageSize = 4096;
-        this.pagePa = addrHi + ((elo & PTE_ADDR_LO) >>> 0);
-        this.perms = allow | (nx ? PERM_NX : 0);
+        this.pagePa = frameHi + (elo >>> 12) * 4096;
+        this.perms = allow | (nx << 2); // PERM_NX
         return true;
       }
-      if ((elo & PTE_PS) !== 0) {
+      if ((elo & 0x80) !== 0) {
+        // PS: a leaf here, where the level allows one.
         const size = this.leafSizes[i]!;
         if (size === 0) return this.fault(this.levelNo[i]!, FAULT_PS_RESERVED);
         if ((elo & this.leafRsvdLo[i]!) !== 0) return this.fault(this.levelNo[i]!, FAULT_RESERVED);
         this.pageSize = size;
         // Frame of the large page + the 4 KiB page within it.
-        this.pagePa = addrHi + ((elo & this.leafAddrLo[i]!) >>> 0) + (vpnLo & ((size >>> 12) - 1)) * 4096;
-        this.perms = allow | (nx ? PERM_NX : 0);
+        this.pagePa = frameHi + ((elo & this.leafAddrLo[i]!) >>> 0) + (vpnLo & ((size >>> 12) - 1)) * 4096;
+        this.perms = allow | (nx << 2);
         return true;
       }
-      table = addrHi + ((elo & PTE_ADDR_LO) >>> 0);
+      table = frameHi + (elo >>> 12) * 4096;
     }
     return false; // unreachable: the last level always returns
   }

@@ -17,6 +17,7 @@
 import { PhysicalAccessError, UsageError } from '../util/errors.ts';
 import { normalizeRanges } from '../source/ranges.ts';
 import type { PhysicalMemory, PhysRange } from '../source/types.ts';
+import { DOUBLE_ZERO } from './va.ts';
 
 const PAGE = 4096;
 
@@ -25,13 +26,20 @@ const PAGE = 4096;
  * guest-physical address of u8[0]; `size` 0 means "matches nothing" (the empty window).
  */
 class Span {
-  constructor(
-    public start: number,
-    public size: number,
-    readonly u8: Uint8Array,
-    readonly u32: Uint32Array,
-    readonly dv: DataView,
-  ) {}
+  // Number fields start as doubles (see DOUBLE_ZERO), never undefined.
+  start = DOUBLE_ZERO;
+  size = DOUBLE_ZERO;
+  readonly u8: Uint8Array;
+  readonly u32: Uint32Array;
+  readonly dv: DataView;
+
+  constructor(start: number, size: number, u8: Uint8Array, u32: Uint32Array, dv: DataView) {
+    this.start = start;
+    this.size = size;
+    this.u8 = u8;
+    this.u32 = u32;
+    this.dv = dv;
+  }
 }
 
 const EMPTY_U8 = new Uint8Array(8);
@@ -60,20 +68,23 @@ export class PhysReader {
   /** Changes whenever cached data (pages here, translations above) may be stale. */
   epoch = 0;
   /** Out-parameters of `u64` / `tryU64`: the two halves of the last 64-bit value read. */
-  lo = 0;
-  hi = 0;
+  lo = DOUBLE_ZERO;
+  hi = DOUBLE_ZERO;
 
-  private frozenFlag: boolean;
+  private frozenFlag = false;
   private readonly windows: Span[];
-  /** Last span that served a read: a window, or a page-cache slot. */
+  /** Last span that served a data read, and a page-table read: a window, or a page-cache slot. */
   private span: Span;
+  private tableSpan: Span;
+  /** Address argument of the slow paths (see the hot path comment). */
+  private readonly arg = new Float64Array(1);
   private lastRange = 0;
 
   // Page cache: direct-mapped, `slots` pages of one buffer; tags hold the page's gpa or -1.
-  private readonly cacheCapacity: number;
+  private readonly cacheCapacity: number = 0;
   private cacheTags: Float64Array | null = null;
   private cacheSpans: Span[] = [];
-  private readonly cacheShift: number;
+  private readonly cacheShift: number = 31;
 
   private readonly scratch = new Uint8Array(8);
   private readonly scratchDv = new DataView(this.scratch.buffer);
@@ -91,6 +102,7 @@ export class PhysReader {
     );
     this.windows.sort((a, b) => a.start - b.start);
     this.span = emptySpan();
+    this.tableSpan = this.span;
     const pages = options.cachePages ?? 4096;
     if (!Number.isInteger(pages) || pages < 0 || pages > 1 << 20) throw new UsageError(`page cache size must be 0 … ${1 << 20} pages, not ${pages}`);
     // At least two slots, so the slot hash shifts by less than 32 (JavaScript masks shift counts).
@@ -122,16 +134,24 @@ export class PhysReader {
     this.epoch++;
     if (this.cacheTags) this.cacheTags.fill(-1);
     if (!this.isWindow(this.span)) this.span = emptySpan();
+    if (!this.isWindow(this.tableSpan)) this.tableSpan = emptySpan();
   }
 
   // ---- hot path -------------------------------------------------------------------------------
+  //
+  // Each read is a span check and a typed-array load, small enough for V8 to inline into the
+  // caller. Addresses above 2^30 are not small integers to V8: passing one to a call that is not
+  // inlined would allocate a number. So the slow paths take their address through `arg` (a
+  // Float64Array) and return through `lo`/`hi`, and a span switch allocates nothing.
 
   /** Little-endian u32 at `gpa` (any alignment; aligned is fastest). */
   u32(gpa: number): number {
     const s = this.span;
     const off = gpa - s.start;
     if (off >= 0 && off + 4 <= s.size && (off & 3) === 0) return s.u32[off >>> 2]!;
-    return this.u32Slow(gpa);
+    this.arg[0] = gpa;
+    this.slowSmall(4);
+    return this.lo;
   }
 
   /** Little-endian u64 at `gpa`: returns the low half and leaves the halves in `this.lo`, `this.hi`. */
@@ -143,15 +163,18 @@ export class PhysReader {
       this.hi = s.u32[i + 1]!;
       return (this.lo = s.u32[i]!);
     }
-    return this.u64Slow(gpa);
+    this.arg[0] = gpa;
+    this.slowU64();
+    return this.lo;
   }
 
   /**
    * Like `u64` but returns false, without allocating, where `gpa` is not guest RAM: the page
-   * walker's read, whose failure is a translation fault, not an exception.
+   * walker's read, whose failure is a translation fault, not an exception. It remembers its own
+   * span, so walks and data reads in different windows do not evict each other's.
    */
   tryU64(gpa: number): boolean {
-    const s = this.span;
+    const s = this.tableSpan;
     const off = gpa - s.start;
     if (off >= 0 && off + 8 <= s.size && (off & 3) === 0) {
       const i = off >>> 2;
@@ -159,23 +182,26 @@ export class PhysReader {
       this.hi = s.u32[i + 1]!;
       return true;
     }
-    if (!this.isRam(gpa, 8)) return false;
-    this.u64Slow(gpa);
-    return true;
+    this.arg[0] = gpa;
+    return this.slowTryU64();
   }
 
   u16(gpa: number): number {
     const s = this.span;
     const off = gpa - s.start;
     if (off >= 0 && off + 2 <= s.size) return s.dv.getUint16(off, true);
-    return this.small(gpa, 2);
+    this.arg[0] = gpa;
+    this.slowSmall(2);
+    return this.lo;
   }
 
   u8(gpa: number): number {
     const s = this.span;
     const off = gpa - s.start;
     if (off >= 0 && off < s.size) return s.u8[off]!;
-    return this.small(gpa, 1);
+    this.arg[0] = gpa;
+    this.slowSmall(1);
+    return this.lo;
   }
 
   // ---- bulk -----------------------------------------------------------------------------------
@@ -292,38 +318,105 @@ export class PhysReader {
 
   // ---- slow paths -----------------------------------------------------------------------------
 
-  private u32Slow(gpa: number): number {
-    return this.small(gpa, 4);
+  /** u8/u16/u32 at `arg[0]` that the current span does not serve; the value goes to `lo`. */
+  private slowSmall(n: 1 | 2 | 4): void {
+    const s = this.spanAt(n);
+    if (s !== null) {
+      this.span = s;
+      const off = this.arg[0]! - s.start;
+      this.lo = n === 1 ? s.u8[off]! : n === 2 ? s.dv.getUint16(off, true) : s.dv.getUint32(off, true);
+      return;
+    }
+    this.lo = this.smallRare(this.arg[0]!, n);
   }
 
-  private u64Slow(gpa: number): number {
-    if (this.selectSpan(gpa, 8)) {
-      const s = this.span;
-      const off = gpa - s.start;
+  /** u64 at `arg[0]` that the current span does not serve; the value goes to `lo`, `hi`. */
+  private slowU64(): void {
+    const s = this.spanAt(8);
+    if (s !== null) {
+      this.span = s;
+      const off = this.arg[0]! - s.start;
+      this.lo = s.dv.getUint32(off, true);
       this.hi = s.dv.getUint32(off + 4, true);
-      return (this.lo = s.dv.getUint32(off, true));
+      return;
     }
+    this.u64Rare(this.arg[0]!);
+  }
+
+  private slowTryU64(): boolean {
+    const s = this.spanAt(8);
+    if (s !== null) {
+      this.tableSpan = s;
+      const off = this.arg[0]! - s.start;
+      this.lo = s.dv.getUint32(off, true);
+      this.hi = s.dv.getUint32(off + 4, true);
+      return true;
+    }
+    const gpa = this.arg[0]!;
+    if (!this.isRam(gpa, 8)) return false;
+    this.u64Rare(gpa);
+    return true;
+  }
+
+  /**
+   * The span holding [arg[0], arg[0]+n) whole, if any: a window, or a cached page (filled on
+   * demand while frozen). Null when the bytes must come another way.
+   */
+  private spanAt(n: number): Span | null {
+    const gpa = this.arg[0]!;
+    const ws = this.windows;
+    const count = ws.length;
+    if (count > 0) {
+      if (count <= 8) {
+        for (let i = 0; i < count; i++) {
+          const w = ws[i]!;
+          const off = gpa - w.start;
+          if (off >= 0 && off < w.size) return off + n <= w.size ? w : null;
+        }
+        return null;
+      }
+      const w = this.windowFor(gpa);
+      return w !== null && gpa + n <= w.start + w.size ? w : null;
+    }
+    if (!this.frozenFlag || this.cacheCapacity === 0) return null;
+    const pageOff = gpa % PAGE;
+    if (pageOff + n > PAGE) return null;
+    const page = gpa - pageOff;
+    const tags = this.cacheTags;
+    if (tags !== null) {
+      const pfn = page / PAGE;
+      const slot = Math.imul((pfn >>> 0) ^ Math.floor(pfn / 4294967296), 0x9e3779b1) >>> this.cacheShift;
+      if (tags[slot] === page) return this.cacheSpans[slot]!;
+    }
+    if (!this.isRam(page, PAGE)) return null;
+    return this.fillPage(page);
+  }
+
+  /** A u64 no span serves whole: assembled from halves, or one direct read of the source. */
+  private u64Rare(gpa: number): void {
     if (this.splitsAcrossSpans(gpa, 8)) {
-      const lo = this.small(gpa, 4);
-      this.hi = this.small(gpa + 4, 4);
-      return (this.lo = lo);
+      const lo = this.smallRead(gpa, 4);
+      this.hi = this.smallRead(gpa + 4, 4);
+      this.lo = lo;
+      return;
     }
     this.memory.read(gpa, this.scratch);
+    this.lo = this.scratchDv.getUint32(0, true);
     this.hi = this.scratchDv.getUint32(4, true);
-    return (this.lo = this.scratchDv.getUint32(0, true));
   }
 
-  /** A u8/u16/u32 (any alignment) that the current span does not serve. */
-  private small(gpa: number, n: 1 | 2 | 4): number {
-    if (this.selectSpan(gpa, n)) {
-      const s = this.span;
-      const off = gpa - s.start;
-      return n === 1 ? s.u8[off]! : n === 2 ? s.dv.getUint16(off, true) : s.dv.getUint32(off, true);
-    }
+  private smallRead(gpa: number, n: 1 | 2 | 4): number {
+    this.arg[0] = gpa;
+    this.slowSmall(n);
+    return this.lo;
+  }
+
+  /** A u8/u16/u32 no span serves whole. */
+  private smallRare(gpa: number, n: 1 | 2 | 4): number {
     if (n > 1 && this.splitsAcrossSpans(gpa, n)) {
       // Byte by byte: each byte finds its own window or page, and a hole raises at its address.
       let v = 0;
-      for (let i = n - 1; i >= 0; i--) v = v * 256 + this.small(gpa + i, 1);
+      for (let i = n - 1; i >= 0; i--) v = v * 256 + this.smallRead(gpa + i, 1);
       return v;
     }
     // Outside every window and cache: one read of the source, which raises on a hole.
@@ -332,24 +425,7 @@ export class PhysReader {
     return n === 1 ? b[0]! : n === 2 ? this.scratchDv.getUint16(0, true) : this.scratchDv.getUint32(0, true);
   }
 
-  /**
-   * Make `this.span` one that holds [gpa, gpa+n) whole, if any can: a window, or a cache page
-   * (filled on demand while frozen). False when the bytes must come another way.
-   */
-  private selectSpan(gpa: number, n: number): boolean {
-    const w = this.windowFor(gpa);
-    if (w) {
-      this.span = w;
-      return gpa + n <= w.start + w.size;
-    }
-    if (!this.useCache()) return false;
-    const page = gpa - (gpa % PAGE);
-    if (gpa + n > page + PAGE || !this.isRam(page, PAGE)) return false;
-    this.span = this.cachedPage(page) ?? this.fillPage(page);
-    return true;
-  }
-
-  /** Whether n bytes at gpa start in a window or cached page and run past its end. */
+  /** Whether n bytes at gpa start in a window or cacheable page and run past its end. */
   private splitsAcrossSpans(gpa: number, n: number): boolean {
     if (this.windowFor(gpa)) return true;
     return this.useCache() && gpa % PAGE > PAGE - n;

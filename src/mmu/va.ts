@@ -9,6 +9,14 @@
  */
 import { UsageError } from '../util/errors.ts';
 
+/**
+ * Initial value of number fields that will hold physical addresses or uint32 values: -0 is a
+ * zero V8 stores as a double, so the field has a double layout from the start. Starting from a
+ * small integer, the first value above 2^30 would change the object's layout, and objects of one
+ * class with different layouts keep V8 from inlining the hot path.
+ */
+export const DOUBLE_ZERO = -0;
+
 const TWO_32 = 4294967296;
 const MASK_32 = 0xffff_ffffn;
 const TWO_64 = 1n << 64n;

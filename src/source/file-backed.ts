@@ -1,6 +1,6 @@
 import { closeSync, fstatSync, readSync, writeSync } from 'node:fs';
 import { PhysicalAccessError, ReadOnlyError, TargetError } from '../util/errors.ts';
-import { type Extent, forEachPiece, isPageAligned, rangesOf, windowCuts } from './extents.ts';
+import { type Extent, findExtent, forEachPiece, isPageAligned, rangesOf, windowCuts } from './extents.ts';
 import { FileMapping } from './mapping.ts';
 import { loadLibc } from './native.ts';
 import type { PhysicalMemory, PhysRange, RamWindow } from './types.ts';
@@ -22,8 +22,6 @@ export interface FileBackedOptions {
   readonly map?: boolean;
   /** Writes go to the file (shared mapping or pwrite); the fd must be open read-write. */
   readonly writable?: boolean;
-  /** Called once on close, after the file is released. */
-  readonly onClose?: () => void;
 }
 
 /**
@@ -49,7 +47,6 @@ export class FileBackedMemory implements PhysicalMemory {
   private readonly segments: readonly Segment[] | undefined;
   private fd: number;
   private mapping: FileMapping | undefined;
-  private readonly onClose: (() => void) | undefined;
 
   private constructor(o: FileBackedOptions, mapping: FileMapping | undefined) {
     this.kind = o.kind;
@@ -60,7 +57,6 @@ export class FileBackedMemory implements PhysicalMemory {
     this.writable = o.writable ?? false;
     this.mapping = mapping;
     this.mapped = mapping !== undefined;
-    this.onClose = o.onClose;
     if (mapping) {
       this.segments = windowCuts(o.extents).map((e) => {
         const ab = mapping.view(e.offset, e.size);
@@ -95,8 +91,8 @@ export class FileBackedMemory implements PhysicalMemory {
       let mapping: FileMapping | undefined;
       if ((o.map ?? true) && o.extents.length > 0 && o.extents.length <= MAX_MAPPED_EXTENTS) {
         const c = await loadLibc();
-        const end = Math.max(...o.extents.map((e) => e.offset + e.size));
-        if (c) mapping = FileMapping.create(c, o.fd, end, o.writable ?? false, o.description);
+        // The whole file: a hugetlbfs file can only be mapped and unmapped in whole huge pages.
+        if (c) mapping = FileMapping.create(c, o.fd, size, o.writable ?? false, o.description);
       }
       return new FileBackedMemory(o, mapping);
     } catch (e) {
@@ -109,6 +105,16 @@ export class FileBackedMemory implements PhysicalMemory {
     this.checkOpen(gpa, dst.length);
     if (this.segments) {
       const segs = this.segments;
+      // The common case, one segment: no closure, and no view object for small reads.
+      const i = findExtent(segs, gpa);
+      const s = i >= 0 ? segs[i]! : undefined;
+      if (s && gpa + dst.length <= s.gpa + s.size && Number.isSafeInteger(gpa)) {
+        const from = gpa - s.gpa;
+        const n = dst.length;
+        if (n <= 32) for (let k = 0; k < n; k++) dst[k] = s.u8[from + k]!;
+        else dst.set(s.u8.subarray(from, from + n));
+        return;
+      }
       forEachPiece(segs, gpa, dst.length, (e, at, pos, n) => {
         const s = e as Segment;
         const from = at - s.offset;
@@ -145,7 +151,6 @@ export class FileBackedMemory implements PhysicalMemory {
     this.mapping = undefined;
     closeSync(this.fd);
     this.fd = -1;
-    this.onClose?.();
   }
 
   private pread(dst: Uint8Array, pos: number, n: number, at: number): void {

@@ -23,7 +23,8 @@ export interface ProcMemOptions {
 
 /** process_vm_readv takes at most IOV_MAX (1024) remote pieces per call. */
 const BATCH_PIECES = 1024;
-const BATCH_BYTES = 4 * 1024 * 1024;
+/** Scratch size: small enough to stay in cache (measured: 4 MiB batches of pages were no faster than single reads). */
+const BATCH_BYTES = 512 * 1024;
 
 class BatchReader {
   private readonly scratch: Uint8Array;

@@ -258,3 +258,27 @@ describe.skipIf(!qemuAvailable())('live QEMU with 4.5 GiB: RAM on both sides of 
     expect(() => file.memory.write(0x160000000, marker)).toThrow(PhysicalAccessError);
   });
 });
+
+describe.skipIf(!qemuAvailable())('live QEMU with RAM in a shared memfd', () => {
+  let q: RunningQemu;
+  let m: QemuMachine;
+  beforeAll(async () => {
+    q = await startQemu({ memMiB: 128, memfd: true, blobs: [{ gpa: 0x200000, bytes: LOW_BLOB }] });
+    m = await attachQemu(q.qmpPath);
+  });
+  afterAll(async () => {
+    await m?.close();
+    await q?.stop();
+  });
+
+  it("maps QEMU's memfd through /proc/PID/map_files, zero-copy and writable", async () => {
+    expect(m.backend.type).toBe('memory-backend-memfd');
+    expect(m.memory.kind).toBe('shared-file');
+    expect(m.memory.description).toContain(`/proc/${q.pid}/map_files/`);
+    expect(m.memory.windows?.length).toBeGreaterThan(0);
+    expect(same(read(m.memory, 0x200000, LOW_BLOB.length), LOW_BLOB)).toBe(true);
+    const marker = patternBytes(16, 28);
+    m.memory.write(0x7000000, marker);
+    expect(same(await q.xp(0x7000000, 16), marker)).toBe(true);
+  });
+});

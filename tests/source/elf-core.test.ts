@@ -96,7 +96,7 @@ describe('ELF core parsing', () => {
     const path = file(buildCore({ loads: [{ paddr: 0, data: patternBytes(4096, 6) }], notes }));
     const m = await openDump(path);
     expect(m.format).toBe('elf-core');
-    expect(m.vmcoreinfo).toContain('OSRELEASE=6.1.0-56-amd64');
+    expect(await m.vmcoreinfo()).toContain('OSRELEASE=6.1.0-56-amd64');
     expect(m.core!.notes.prstatus[0]!.regs.rip).toBe(0xffffffff81000010n);
     const cpus = await m.vcpus();
     expect(cpus).toHaveLength(2);

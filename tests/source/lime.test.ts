@@ -108,3 +108,17 @@ describe('raw', () => {
     await expect(openRaw(path, { layout: [{ gpa: 0, size: 0x4000, offset: 0 }] })).rejects.toThrow(/truncated/);
   });
 });
+
+describe('closing a mapped source', () => {
+  it('leaves stale windows readable as zeros instead of crashing, and read() refuses', async () => {
+    const path = join(dir, 'close.raw');
+    writeFileSync(path, patternBytes(0x10000, 14));
+    const m = await openRaw(path);
+    const w = m.windows![0]!;
+    expect(w.u32[5]).not.toBe(0);
+    m.close();
+    expect(w.u32[5]).toBe(0);
+    expect(() => m.read(0, new Uint8Array(4))).toThrow(/closed/);
+    m.close();
+  });
+});

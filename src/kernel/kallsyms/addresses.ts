@@ -41,6 +41,8 @@ export interface DecodedAddresses {
 class MonotoneRuns {
   readonly nonDecreasing: Uint32Array;
   readonly nonIncreasing: Uint32Array;
+  /** equalBefore[i]: how many k < i have u32[k] === u32[k + 1]. */
+  readonly equalBefore: Uint32Array;
 
   constructor(readonly u32: Uint32Array) {
     const len = u32.length;
@@ -56,10 +58,25 @@ class MonotoneRuns {
       up[i] = a <= b ? up[i + 1]! + 1 : 1;
       down[i] = a >= b ? down[i + 1]! + 1 : 1;
     }
+    const eq = new Uint32Array(len + 1);
+    for (let i = 0; i + 1 < len; i++) eq[i + 1] = eq[i]! + (u32[i] === u32[i + 1] ? 1 : 0);
+    if (len > 0) eq[len] = eq[len - 1]!;
     this.nonDecreasing = up;
     this.nonIncreasing = down;
+    this.equalBefore = eq;
+  }
+
+  /** Pairs of equal neighbours among the n values at w. */
+  equalPairs(w: number, n: number): number {
+    return this.equalBefore[w + n - 1]! - this.equalBefore[w]!;
   }
 }
+
+/**
+ * Symbols share an address now and then (aliases, section markers), but a run that is mostly
+ * one value is padding, not a table: a long stretch of zeros is "sorted" too.
+ */
+const MAX_EQUAL_FRACTION = 0.25;
 
 interface OffsetsShape {
   /** Leading absolute per-CPU entries. */
@@ -118,12 +135,15 @@ function findRelative(win: ImageWindow, n: number, range: VaRange, accept: (a: D
   const u32 = win.u32;
   const words = u32.length;
   let runs: MonotoneRuns | undefined;
-  for (let w = 0; w + n <= words; w += TABLE_ALIGN >>> 2) {
+  let tables = 0;
+  for (let w = 0; w + n <= words; w += ALIGN_WORDS) {
     const first = u32[w]!;
     if (first !== 0 && first !== 0xffff_ffff) continue;
     runs ??= new MonotoneRuns(u32);
     const shape = offsetsShape(runs, w, n);
     if (!shape) continue;
+    if (runs.equalPairs(w, n) > n * MAX_EQUAL_FRACTION) continue;
+    if (++tables > MAX_TABLE_TRIES) break;
     const offsetsEnd = (w + n) << 2;
     let tried = 0;
     for (const baseOff of relativeBaseCandidates(win, offsetsEnd, range)) {
@@ -152,6 +172,10 @@ function findRelative(win: ImageWindow, n: number, range: VaRange, accept: (a: D
 
 /** Candidate bases decoded in full per offsets table, at most. */
 const MAX_BASE_TRIES = 16;
+/** Offsets-shaped tables tried, at most: a real kernel has one. */
+const MAX_TABLE_TRIES = 16;
+const ALIGN = TABLE_ALIGN;
+const ALIGN_WORDS = TABLE_ALIGN >>> 2;
 
 function relativeAddress(base: bigint, v: number, percpu: boolean): bigint {
   return base + BigInt(percpu ? ~v >>> 0 : v);
@@ -159,24 +183,27 @@ function relativeAddress(base: bigint, v: number, percpu: boolean): bigint {
 
 /**
  * Where kallsyms_relative_base may be: every kernel so far emits it right after the offsets,
- * so that comes first; then every 8-aligned pointer into the image in the window, nearest first.
+ * so that comes first; then, only if that fails, every 8-aligned pointer into the image in the
+ * window, nearest first.
  */
-function relativeBaseCandidates(win: ImageWindow, offsetsEnd: number, range: VaRange): number[] {
-  const adjacent = alignUp(offsetsEnd, TABLE_ALIGN);
+function* relativeBaseCandidates(win: ImageWindow, offsetsEnd: number, range: VaRange): Generator<number> {
+  const adjacent = alignUp(offsetsEnd, ALIGN);
   const inRange = (off: number) => {
     const v = win.u64At(off);
     return v >= range.start && v < range.end;
   };
-  const out: number[] = [];
-  if (adjacent + 8 <= win.length && inRange(adjacent)) out.push(adjacent);
+  if (adjacent + 8 <= win.length && inRange(adjacent)) yield adjacent;
   const others: number[] = [];
-  for (let off = 0; off + 8 <= win.length; off += TABLE_ALIGN) {
-    if (off === adjacent) continue;
-    if (!isKernelHalf(win.u32At(off + 4))) continue;
-    if (inRange(off)) others.push(off);
+  const u32 = win.u32;
+  const startHi = vaHi(range.start);
+  const endHi = vaHi(range.end - 1n);
+  for (let w = 0; w + 1 < u32.length; w += ALIGN_WORDS) {
+    const h = u32[w + 1]!;
+    if (h < startHi || h > endHi || w << 2 === adjacent) continue;
+    if (inRange(w << 2)) others.push(w << 2);
   }
   others.sort((a, b) => Math.abs(a - offsetsEnd) - Math.abs(b - offsetsEnd));
-  return out.concat(others);
+  yield* others;
 }
 
 function decodeRelative(u32: Uint32Array, w: number, n: number, base: bigint, percpu: boolean): DecodedAddresses {
@@ -210,23 +237,31 @@ const IMAGE_SLACK = 1n << 30n;
 function findAbsolute(win: ImageWindow, n: number, range: VaRange, accept: (a: DecodedAddresses) => boolean) {
   const u32 = win.u32;
   const count = u32.length >>> 1;
-  if (count < n) return null;
-  // The window as u64 values compared by halves, through a sortable key per entry: only the
-  // non-decreasing run lengths are needed, computed once.
+  if (count < n || n < 1) return null;
+  // Over the window as u64 values: how many from each on do not decrease, and how many equal
+  // neighbour pairs come before each — computed once, so each position is tested in O(1).
   const up = new Uint32Array(count);
+  const eq = new Uint32Array(count + 1);
   up[count - 1] = 1;
   for (let k = count - 2; k >= 0; k--) {
     const ah = u32[2 * k + 1]!;
     const bh = u32[2 * k + 3]!;
-    const sorted = ah < bh || (ah === bh && u32[2 * k]! <= u32[2 * k + 2]!);
-    up[k] = sorted ? up[k + 1]! + 1 : 1;
+    const al = u32[2 * k]!;
+    const bl = u32[2 * k + 2]!;
+    up[k] = ah < bh || (ah === bh && al <= bl) ? up[k + 1]! + 1 : 1;
   }
+  for (let k = 0; k + 1 < count; k++) {
+    eq[k + 1] = eq[k]! + (u32[2 * k] === u32[2 * k + 2] && u32[2 * k + 1] === u32[2 * k + 3] ? 1 : 0);
+  }
+  let tables = 0;
   for (let k = 0; k + n <= count; k++) {
     if (up[k]! < n) continue;
+    if (eq[k + n - 1]! - eq[k]! > n * MAX_EQUAL_FRACTION) continue;
     const lastHi = u32[2 * (k + n) - 1]!;
     if (!isKernelHalf(lastHi)) continue;
     const last = vaFromHalves(lastHi, u32[2 * (k + n) - 2]!);
     if (last < range.start || last > range.end + IMAGE_SLACK) continue;
+    if (++tables > MAX_TABLE_TRIES) break;
     const hi = new Uint32Array(n);
     const lo = new Uint32Array(n);
     for (let i = 0; i < n; i++) {

@@ -2,7 +2,7 @@ import { GuestDataError, isVmlensError, UsageError } from '../../util/errors.ts'
 import type { Warnings } from '../../util/warnings.ts';
 import { findAddresses, type DecodedAddresses } from './addresses.ts';
 import { Kallsyms } from './kallsyms.ts';
-import { decodeNames, findNames, type DecodedNames } from './names.ts';
+import { decodeNames, findNames, type DecodedNames, type NamesTable } from './names.ts';
 import { hex, ImageWindow, PAGE_SIZE, readTolerant, vaFromHalves, type KernelImageReader, type VaRange } from './reader.ts';
 import { findTokenTables, type TokenTable } from './tokens.ts';
 
@@ -56,7 +56,7 @@ function decodeAround(reader: KernelImageReader, range: VaRange, tokens: TokenTa
     if (!names) continue;
     const decoded = decodeNames(win, names, tokens);
     const banner = decoded.names.indexOf('linux_banner');
-    const found = findAddresses(win, names.count, range, (a) => banner < 0 || bannerAt(reader, a, banner));
+    const found = findAddresses(tableNeighbourhood(win, names, tokens), names.count, range, (a) => banner < 0 || bannerAt(reader, a, banner));
     if (!found) continue;
     if (decoded.truncated > 0) warnings?.warn(WHERE, `${decoded.truncated} symbol names longer than the kernel allows were cut`);
     if (names.numSymsVa === undefined) warnings?.warn(WHERE, `kallsyms_num_syms not found; ${names.count} symbols counted from the names table`);
@@ -74,6 +74,21 @@ function decodeAround(reader: KernelImageReader, range: VaRange, tokens: TokenTa
     });
   }
   return undefined;
+}
+
+/**
+ * Where the address table can be, once the names and tokens are known: all kallsyms tables
+ * come from one generated assembly file, so they sit in one contiguous block. The block spans
+ * the tables found so far plus, at most, the address table (8 bytes a symbol at most) and
+ * kallsyms_seqs_of_names (3 bytes a symbol, 4 in the newest kernels) on either side.
+ */
+function tableNeighbourhood(win: ImageWindow, names: NamesTable, tokens: TokenTable): ImageWindow {
+  const offsets = [win.offsetOf(names.namesVa), win.offsetOf(tokens.tableVa), win.offsetOf(tokens.indexVa)];
+  if (names.markersVa !== undefined) offsets.push(win.offsetOf(names.markersVa));
+  const low = Math.min(...offsets);
+  const high = Math.max(win.offsetOf(names.namesVa) + names.namesSize, win.offsetOf(tokens.indexVa) + 512, ...offsets);
+  const reach = names.count * (8 + 4) + 2 * PAGE_SIZE;
+  return win.slice(low - reach, high + reach);
 }
 
 /** [anchor - side, anchor + side] clipped to the range, page-aligned. */

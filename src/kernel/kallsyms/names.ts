@@ -35,6 +35,8 @@ export const MAX_ENTRY_LENGTH = 1024;
 /** Upper bound on symbols: kallsyms_seqs_of_names stores indices in three bytes. */
 export const MAX_SYMBOLS = 1 << 24;
 const BLOCK = 256;
+/** Local copy: an imported binding read in a hot loop costs a property load each time. */
+const ALIGN = TABLE_ALIGN;
 const MIN_BLOCK_BYTES = BLOCK * 2;
 const MAX_BLOCK_BYTES = BLOCK * (MAX_ENTRY_LENGTH + 2);
 
@@ -109,33 +111,32 @@ interface MarkerRun {
   readonly values: readonly number[];
 }
 
-/** Every plausible kallsyms_markers in the window, keyed by its second value (block 0's size). */
-function findMarkerRuns(win: ImageWindow): Map<number, MarkerRun[]> {
+/** Every plausible kallsyms_markers of one width in the window, keyed by its second value (block 0's size). */
+function findMarkerRuns(win: ImageWindow, width: 4 | 8): Map<number, MarkerRun[]> {
   const bySecond = new Map<number, MarkerRun[]>();
   const u32 = win.u32;
   const maxRun = Math.ceil(MAX_SYMBOLS / BLOCK);
-  for (const width of [4, 8] as const) {
-    const stride = width >>> 2;
-    for (let w = 0; w + 2 * stride < u32.length; w += TABLE_ALIGN >>> 2) {
-      if (u32[w] !== 0 || (width === 8 && u32[w + 1] !== 0)) continue;
-      const second = u32[w + stride]!;
-      if (second < MIN_BLOCK_BYTES || second > MAX_BLOCK_BYTES) continue;
-      if (width === 8 && u32[w + stride + 1] !== 0) continue;
-      const values = [0];
-      let prev = 0;
-      for (let k = w + stride; k + stride - 1 < u32.length && values.length < maxRun; k += stride) {
-        const v = u32[k]!;
-        if (width === 8 && u32[k + 1] !== 0) break;
-        const step = v - prev;
-        if (step < MIN_BLOCK_BYTES || step > MAX_BLOCK_BYTES) break;
-        values.push(v);
-        prev = v;
-      }
-      const run: MarkerRun = { off: w << 2, width, values };
-      const list = bySecond.get(second);
-      if (list) list.push(run);
-      else bySecond.set(second, [run]);
+  const stride = width >>> 2;
+  const wide = width === 8;
+  for (let w = 0; w + 2 * stride < u32.length; w += ALIGN >>> 2) {
+    if (u32[w] !== 0) continue;
+    const second = u32[w + stride]!;
+    if (second < MIN_BLOCK_BYTES || second > MAX_BLOCK_BYTES) continue;
+    if (wide && (u32[w + 1] !== 0 || u32[w + stride + 1] !== 0)) continue;
+    const values = [0];
+    let prev = 0;
+    for (let k = w + stride; k + stride - 1 < u32.length && values.length < maxRun; k += stride) {
+      const v = u32[k]!;
+      if (wide && u32[k + 1] !== 0) break;
+      const step = v - prev;
+      if (step < MIN_BLOCK_BYTES || step > MAX_BLOCK_BYTES) break;
+      values.push(v);
+      prev = v;
     }
+    const run: MarkerRun = { off: w << 2, width, values };
+    const list = bySecond.get(second);
+    if (list) list.push(run);
+    else bySecond.set(second, [run]);
   }
   return bySecond;
 }
@@ -157,18 +158,37 @@ function markersMatched(b: Uint8Array, p: number, run: MarkerRun, big: boolean, 
 /**
  * Find kallsyms_names, kallsyms_markers and kallsyms_num_syms in the window. Tries the
  * two-byte-length encoding first: it reads the older one-byte encoding the same unless an
- * entry is exactly 128 tokens long, while the reverse fails on any long entry.
+ * entry is exactly 128 tokens long, while the reverse fails on any long entry. u32 markers
+ * (current kernels) are tried before u64 ones (older kernels), and the cheap search next to
+ * num_syms before the general one.
  */
 export function findNames(win: ImageWindow, tokens: TokenTable): NamesTable | null {
   const facts = new TokenFacts(tokens);
-  const runs = findMarkerRuns(win);
-  if (runs.size === 0) return null;
-  for (const big of [true, false]) {
-    const found = findNamesAdjacent(win, runs, big, facts) ?? findNamesAnywhere(win, runs, big, facts);
-    if (found) return found;
+  const byWidth: Map<number, MarkerRun[]>[] = [];
+  for (const width of [4, 8] as const) {
+    const runs = findMarkerRuns(win, width);
+    byWidth.push(runs);
+    if (runs.size === 0) continue;
+    for (const big of [true, false]) {
+      const found = findNamesAdjacent(win, runs, big, facts);
+      if (found) return found;
+    }
+  }
+  for (const runs of byWidth) {
+    if (runs.size === 0) continue;
+    for (const big of [true, false]) {
+      const found = findNamesAnywhere(win, runs, big, facts);
+      if (found) return found;
+    }
   }
   return null;
 }
+
+/**
+ * A markers table has one entry per 256 symbols. The run found may continue a few values into
+ * whatever follows the table, if that happens to keep rising by plausible steps.
+ */
+const RUN_OVERSHOOT = 8;
 
 /** The markers run whose block sizes match the stream at `p` for `blocks` blocks, if any. */
 function matchingRun(win: ImageWindow, p: number, blocks: number, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): MarkerRun | undefined {
@@ -178,7 +198,7 @@ function matchingRun(win: ImageWindow, p: number, blocks: number, runs: Map<numb
   const list = runs.get(afterFirst - p);
   if (!list) return undefined;
   for (const run of list) {
-    if (run.values.length < blocks) continue;
+    if (run.values.length < blocks || run.values.length > blocks + RUN_OVERSHOOT) continue;
     if (markersMatched(b, p, run, big, facts) >= blocks) return run;
   }
   return undefined;
@@ -191,14 +211,23 @@ function matchingRun(win: ImageWindow, p: number, blocks: number, runs: Map<numb
  */
 function findNamesAdjacent(win: ImageWindow, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): NamesTable | null {
   const b = win.bytes;
+  // fits[b] = 1 when some run is long enough for b blocks, but not much longer.
   let maxBlocks = 0;
   for (const list of runs.values()) for (const r of list) maxBlocks = Math.max(maxBlocks, r.values.length);
-  for (let p = TABLE_ALIGN; p < b.length; p += TABLE_ALIGN) {
-    for (const gap of [8, 4]) {
-      const n = win.u32At(p - gap);
+  const fits = new Uint8Array(maxBlocks + 1);
+  for (const list of runs.values()) {
+    for (const r of list) {
+      const len = r.values.length;
+      for (let b = Math.max(1, len - RUN_OVERSHOOT); b <= len; b++) fits[b] = 1;
+    }
+  }
+  const u32 = win.u32;
+  for (let p = ALIGN; p < b.length; p += ALIGN) {
+    for (let gap = 8; gap >= 4; gap -= 4) {
+      const n = u32[(p - gap) >>> 2]!;
       if (n <= BLOCK || n > MAX_SYMBOLS) continue;
       const blocks = Math.ceil(n / BLOCK);
-      if (blocks > maxBlocks) continue;
+      if (blocks > maxBlocks || fits[blocks] === 0) continue;
       if (entryEnd(b, p, b.length, big, facts) < 0) continue;
       const run = matchingRun(win, p, blocks, runs, big, facts);
       if (!run) continue;
@@ -225,7 +254,7 @@ function findNamesAdjacent(win: ImageWindow, runs: Map<number, MarkerRun[]>, big
  */
 function findNamesAnywhere(win: ImageWindow, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): NamesTable | null {
   const b = win.bytes;
-  for (let p = 0; p < b.length; p += TABLE_ALIGN) {
+  for (let p = 0; p < b.length; p += ALIGN) {
     if (entryEnd(b, p, b.length, big, facts) < 0) continue;
     const afterFirst = walk(b, p, BLOCK, b.length, big, facts);
     if (afterFirst < 0) continue;

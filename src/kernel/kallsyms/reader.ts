@@ -101,6 +101,13 @@ export class ImageWindow {
     return this.bytes.length;
   }
 
+  /** The part [from, to) of this window, sharing its bytes; `from` is rounded down to 8. */
+  slice(from: number, to: number): ImageWindow {
+    const start = Math.max(0, from - (from % 8));
+    const end = Math.min(this.bytes.length, Math.max(start, to));
+    return new ImageWindow(this.base + BigInt(start), this.bytes.subarray(start, end));
+  }
+
   vaOf(offset: number): bigint {
     return this.base + BigInt(offset);
   }

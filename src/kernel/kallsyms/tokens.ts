@@ -1,4 +1,4 @@
-import { hex, ImageWindow, readTolerant, TABLE_ALIGN, vaAdd, type KernelImageReader, type VaRange } from './reader.ts';
+import { hex, readTolerant, TABLE_ALIGN, vaAdd, type KernelImageReader, type VaRange } from './reader.ts';
 
 /**
  * kallsyms_token_table and kallsyms_token_index (scripts/kallsyms.c, write_src): 256 NUL-terminated
@@ -117,6 +117,9 @@ export function tokenTableBefore(reader: KernelImageReader, indexVa: bigint, ind
 
 /** How far apart chunks of a scan are read; they overlap by one token index. */
 const SCAN_CHUNK = 1 << 20;
+/** Local copies: an imported binding read in a hot loop costs a property load each time. */
+const ALIGN_WORDS = TABLE_ALIGN >>> 2;
+const MAX_STEP = MAX_TOKEN_LENGTH + 1;
 
 /**
  * Every token table in `range`, lowest address first. A generator, so that the caller stops
@@ -127,36 +130,42 @@ export function* findTokenTables(reader: KernelImageReader, range: VaRange): Gen
   if (range.end <= start) return;
   const total = range.end - start;
   const buf = new Uint8Array(SCAN_CHUNK + INDEX_BYTES);
+  const u32 = new Uint32Array(buf.buffer);
   for (let chunk = 0n; chunk < total; chunk += BigInt(SCAN_CHUNK)) {
     const len = Number(total - chunk < BigInt(buf.length) ? total - chunk : BigInt(buf.length));
     const view = buf.subarray(0, len);
     const chunkVa = start + chunk;
     if (readTolerant(reader, chunkVa, view) === len) continue;
-    const win = new ImageWindow(chunkVa, view);
-    const scanEnd = Math.min(SCAN_CHUNK, len - INDEX_BYTES);
-    for (const off of tokenIndexCandidates(win, scanEnd)) {
+    const words = Math.min(SCAN_CHUNK, len - INDEX_BYTES) >>> 2;
+    for (let w = 0; w < words; w += ALIGN_WORDS) {
+      if (!looksLikeIndexStart(u32, w)) continue;
+      const off = w << 2;
       const index = parseTokenIndex(view, off);
       if (!index) continue;
-      const table = tokenTableBefore(reader, win.vaOf(off), index, range.start);
+      const table = tokenTableBefore(reader, chunkVa + BigInt(off), index, range.start);
       if (table) yield table;
     }
   }
 }
 
-/** Offsets below `scanEnd` whose first four u16 look like the start of a token index. */
-function* tokenIndexCandidates(win: ImageWindow, scanEnd: number): Generator<number> {
-  const u32 = win.u32;
-  const words = scanEnd >>> 2;
-  for (let w = 0; w < words; w += TABLE_ALIGN >>> 2) {
-    const a = u32[w]!;
-    if ((a & 0xffff) !== 0) continue;
-    const i1 = a >>> 16;
-    if (i1 === 0 || i1 > MAX_TOKEN_LENGTH + 1) continue;
-    const b = u32[w + 1]!;
-    const i2 = b & 0xffff;
-    if (i2 <= i1 || (b >>> 16) <= i2) continue;
-    yield w << 2;
+/** The first 16 u16 at word `w` start at 0 and rise by at most one token each. */
+function looksLikeIndexStart(u32: Uint32Array, w: number): boolean {
+  const a = u32[w]!;
+  if ((a & 0xffff) !== 0) return false;
+  let prev = 0;
+  let v = a >>> 16;
+  if (v === 0 || v > MAX_STEP) return false;
+  prev = v;
+  for (let k = 1; k < 8; k++) {
+    const x = u32[w + k]!;
+    v = x & 0xffff;
+    if (v <= prev || v - prev > MAX_STEP) return false;
+    prev = v;
+    v = x >>> 16;
+    if (v <= prev || v - prev > MAX_STEP) return false;
+    prev = v;
   }
+  return true;
 }
 
 export function describeTokenTable(t: TokenTable): string {

@@ -5,16 +5,18 @@
  *
  * Several requests can be in flight at once. QEMU's stub reads its input in order and answers
  * each packet before looking at the next one, and a new packet simply abandons its wait for
- * our ack of the previous reply; so replies come back in request order and a batch of reads
- * costs about one round trip instead of one per packet.
+ * our ack of the previous reply; so replies come back in request order, and a batch of reads
+ * overlaps our work, the transfers and QEMU's instead of paying a full round trip per packet.
  */
 import { TargetError, UsageError } from '../../util/errors.ts';
 import { BlockingSocket } from './blocking-socket.ts';
 import {
   ACK,
   type Completion,
+  DEFAULT_TIMEOUT_MS,
   errorCode,
   Exchange,
+  FALLBACK_PACKET_SIZE,
   FrameDecoder,
   framePacket,
   handshakeSilence,
@@ -38,8 +40,6 @@ export interface BatchRequest {
   readonly onReply: (reply: Buffer) => void;
 }
 
-const DEFAULT_TIMEOUT_MS = 5000;
-const FALLBACK_PACKET_SIZE = 400;
 /** Requests in flight at most: their replies (≤ 4 KiB each on QEMU) must fit socket buffers. */
 export const MAX_PIPELINE_DEPTH = 32;
 
@@ -52,6 +52,8 @@ export class BlockingGdbClient {
   private last: StopReply | undefined;
   private sawStopOnConnect = false;
   private requestCount = 0;
+  /** A reply was left unacknowledged, to be acknowledged by the next request's prefix or on close. */
+  private ackOwed = false;
 
   private constructor(
     private readonly socket: BlockingSocket,
@@ -155,50 +157,68 @@ export class BlockingGdbClient {
     let nextToSend = 0;
     let firstError: unknown;
     let deadline = performance.now() + this.timeoutMs;
+    // What to send next: acks for the packets just decoded, retransmissions and new requests.
+    // Everything decoded from one read is answered with one write, which matters to QEMU: it
+    // wakes its main loop for every segment it receives.
+    const out: Buffer[] = [];
 
-    const sendMore = (): void => {
-      const parts: Buffer[] = [];
+    const queueRequests = (): void => {
       while (nextToSend < requests.length && inFlight.length < depth) {
         const req = requests[nextToSend++]!;
         const ex = new Exchange(framePacket(req.payload), completion, req.what, onStop);
         inFlight.push({ ex, req });
-        parts.push(ex.framed);
-      }
-      if (parts.length) {
-        this.requestCount += parts.length;
-        this.socket.sendAll(parts.length === 1 ? parts[0]! : Buffer.concat(parts), deadline);
+        out.push(ex.framed);
+        this.requestCount++;
       }
     };
+    const flush = (): void => {
+      if (out.length === 0) return;
+      this.socket.sendAll(out.length === 1 ? out[0]! : Buffer.concat(out), deadline);
+      out.length = 0;
+    };
 
+    this.ackOwed = false; // the first request's prefix acknowledges it
     try {
-      sendMore();
-      while (inFlight.length) {
-        const ev = this.decoder.next();
-        if (!ev) {
-          const n = this.socket.receive(this.rx, deadline);
-          if (n < 0) {
-            const head = inFlight[0]!.req.what;
-            this.fail(new TargetError(`${this.where} did not answer ${head} within ${this.timeoutMs} ms; connection closed`));
+      queueRequests();
+      for (;;) {
+        for (let ev = this.decoder.next(); ev; ev = this.decoder.next()) {
+          if (ev.kind === 'packet') out.push(ev.checksumOk ? ACK : NACK);
+          const target = this.route(ev, inFlight, depth);
+          if (!target) continue;
+          const step = target.ex.onEvent(ev);
+          if (step.kind === 'send') out.push(step.bytes);
+          else if (step.kind === 'fail') this.fail(step.error);
+          else if (step.kind === 'done') {
+            inFlight.splice(inFlight.indexOf(target), 1);
+            deadline = performance.now() + this.timeoutMs;
+            try {
+              target.req.onReply(step.payload);
+            } catch (e) {
+              if (firstError === undefined) firstError = e;
+            }
+            queueRequests();
           }
-          this.decoder.push(this.rx, 0, n);
-          continue;
+          // Events after the last reply stay queued for the next request (late stop replies).
+          if (inFlight.length === 0) break;
         }
-        if (ev.kind === 'packet') this.socket.sendAll(ev.checksumOk ? ACK : NACK, deadline);
-        const target = this.route(ev, inFlight, depth);
-        if (!target) continue;
-        const step = target.ex.onEvent(ev);
-        if (step.kind === 'send') this.socket.sendAll(step.bytes, deadline);
-        else if (step.kind === 'fail') this.fail(step.error);
-        else if (step.kind === 'done') {
-          inFlight.splice(inFlight.indexOf(target), 1);
-          deadline = performance.now() + this.timeoutMs;
-          try {
-            target.req.onReply(step.payload);
-          } catch (e) {
-            if (firstError === undefined) firstError = e;
+        if (inFlight.length === 0) {
+          // The last reply's ack rides on the next request: every request starts with '+'
+          // (REQUEST_PREFIX), and QEMU keeps only one reply waiting for an ack. That saves a
+          // send per read, the costliest step of a round trip on loopback.
+          if (out.every((b) => b === ACK)) {
+            this.ackOwed = out.length > 0;
+            out.length = 0;
           }
-          sendMore();
+          flush();
+          break;
         }
+        flush();
+        const n = this.socket.receive(this.rx, deadline);
+        if (n < 0) {
+          const head = inFlight[0]!.req.what;
+          this.fail(new TargetError(`${this.where} did not answer ${head} within ${this.timeoutMs} ms; connection closed`));
+        }
+        this.decoder.push(this.rx, 0, n);
       }
     } catch (e) {
       // Whatever went wrong mid-exchange, the stream is no longer in step with the requests.
@@ -257,7 +277,16 @@ export class BlockingGdbClient {
   }
 
   close(): void {
-    if (!this.broken) this.broken = new TargetError(`connection to ${this.where} is closed`);
+    if (!this.broken) {
+      this.broken = new TargetError(`connection to ${this.where} is closed`);
+      if (this.ackOwed) {
+        try {
+          this.socket.sendAll(ACK, performance.now() + this.timeoutMs);
+        } catch {
+          // Closing anyway.
+        }
+      }
+    }
     this.socket.close();
   }
 }

@@ -207,12 +207,13 @@ export class BlockingSocket {
   receive(buf: Uint8Array, deadline: number): number {
     this.checkOpen();
     for (;;) {
+      // Wait first: callers receive right after sending a request, when nothing is there yet.
+      if (!this.waitFor(POLLIN, deadline)) return -1;
       const n = this.lib.recv(this.fd, buf, buf.length, 0);
       if (n > 0) return n;
       if (n === 0) throw new TargetError(`${this.where} closed the connection`);
       const e = koffi.errno();
       if (e !== EAGAIN && e !== EINTR) throw new TargetError(`connection to ${this.where} failed: ${describe(e)}`);
-      if (!this.waitFor(POLLIN, deadline)) return -1;
     }
   }
 

@@ -19,6 +19,10 @@ const MINUS = 0x2d;
 
 /** Largest decoded reply accepted. QEMU's replies stay below 4 KiB; this only stops a runaway peer. */
 export const MAX_REPLY_BYTES = 1 << 20;
+/** Time allowed for connecting and for each request, unless the caller says otherwise. */
+export const DEFAULT_TIMEOUT_MS = 5000;
+/** PacketSize assumed when a stub does not announce one: small, so requests fit any stub. */
+export const FALLBACK_PACKET_SIZE = 400;
 
 /**
  * Bytes put ahead of every request. QEMU's gdbstub treats any byte that arrives while the guest
@@ -124,7 +128,9 @@ export class FrameDecoder {
   private len = 0;
   private sum = 0;
   private expected = 0;
-  private readonly events: WireEvent[] = [];
+  /** Decoded events not yet taken; `head` is the next one (an index, so taking is O(1)). */
+  private events: WireEvent[] = [];
+  private head = 0;
 
   constructor(private readonly maxPayload = MAX_REPLY_BYTES) {
     this.buf = Buffer.allocUnsafe(Math.min(8192, maxPayload));
@@ -202,18 +208,14 @@ export class FrameDecoder {
   }
 
   next(): WireEvent | undefined {
-    return this.events.shift();
+    if (this.head < this.events.length) return this.events[this.head++];
+    if (this.head) {
+      this.events = [];
+      this.head = 0;
+    }
+    return undefined;
   }
 
-  get pending(): number {
-    return this.events.length;
-  }
-
-  reset(): void {
-    this.state = DecodeState.Idle;
-    this.len = 0;
-    this.events.length = 0;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,9 +402,8 @@ export const MAX_RETRANSMITS = 5;
 export const MAX_BAD_CHECKSUMS = 5;
 
 /**
- * The state of one request between send and completion. Drivers acknowledge every good packet
- * themselves (`+`, or `-` for a bad checksum, then hand it here); this object decides what the
- * packet means:
+ * The state of one request between send and completion. Drivers answer each packet themselves
+ * (`+`, or `-` for a bad checksum) and hand it here; this object decides what the packet means:
  *  - before the stub's `+`: a stop reply is asynchronous (the stub stopped the guest because our
  *    bytes arrived while it ran) and goes to `onStop`; any other packet is a stale reply and is
  *    dropped, as GDB itself does;

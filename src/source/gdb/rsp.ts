@@ -21,8 +21,10 @@ import { PhysicalAccessError, TargetError, UsageError } from '../../util/errors.
 import {
   ACK,
   type Completion,
+  DEFAULT_TIMEOUT_MS,
   errorCode,
   Exchange,
+  FALLBACK_PACKET_SIZE,
   FrameDecoder,
   framePacket,
   handshakeSilence,
@@ -52,7 +54,7 @@ import {
   type X86Registers,
 } from './registers.ts';
 
-export type { StopReply } from './protocol.ts';
+export { DEFAULT_TIMEOUT_MS, type StopReply } from './protocol.ts';
 export type { RegisterDesc, RegisterLayout, X86Registers } from './registers.ts';
 
 export interface GdbConnectOptions {
@@ -63,9 +65,6 @@ export interface GdbConnectOptions {
 export type BreakpointKind = 'sw' | 'hw';
 export type WatchpointKind = 'write' | 'read' | 'access';
 
-export const DEFAULT_TIMEOUT_MS = 5000;
-/** PacketSize assumed when the stub does not say (the protocol's historical minimum is 400 hex chars). */
-const FALLBACK_PACKET_SIZE = 400;
 /** Stop replies kept for waitForStop() when nobody is waiting; older ones are dropped. */
 const MAX_QUEUED_STOPS = 64;
 /** qfThreadInfo/qsThreadInfo rounds, and thread ids, accepted from the stub. */
@@ -341,7 +340,10 @@ export class GdbRemote {
   // ------------------------------------------------------------------------------------------
   // Memory
 
-  /** Switch `m`/`M` between virtual (current vCPU's paging) and guest-physical addresses. */
+  /**
+   * Switch `m`/`M` between virtual (the selected vCPU's paging) and guest-physical addresses.
+   * The mode is QEMU-wide and survives this connection: put it back before closing.
+   */
   async setPhysicalMode(on: boolean): Promise<void> {
     await this.requestOk(`Qqemu.PhyMemMode:${on ? 1 : 0}`, 'physical memory mode (Qqemu.PhyMemMode)');
     this.physical = on;

@@ -26,12 +26,12 @@ export interface GdbSourceOptions {
   readonly resumeOnClose?: boolean;
   /**
    * Requests in flight at once for multi-packet reads and readMany (1 = strictly one round trip
-   * per packet). Default 8.
+   * per packet). Default 16.
    */
   readonly pipelineDepth?: number;
 }
 
-const DEFAULT_PIPELINE_DEPTH = 8;
+const DEFAULT_PIPELINE_DEPTH = 16;
 
 export class GdbPhysicalMemory implements PhysicalMemory {
   readonly kind = 'gdb';

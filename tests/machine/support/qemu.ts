@@ -13,6 +13,8 @@ export interface QemuOptions {
   readonly memMiB: number;
   /** Back RAM with a shared file in /dev/shm (memory-backend-file) instead of anonymous memory. */
   readonly ramFile?: boolean;
+  /** Back RAM with a shared memfd (memory-backend-memfd): a file with no name outside QEMU. */
+  readonly memfd?: boolean;
   readonly smp?: number;
   readonly blobs?: readonly { readonly gpa: number; readonly bytes: Uint8Array }[];
   /** Start the vCPUs (default false: stay at the reset vector). */
@@ -36,6 +38,12 @@ export interface RunningQemu {
 }
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
+
+/** QEMUs still running; killed if the test process exits without stopping them. */
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of running) c.kill('SIGKILL');
+});
 
 export function qemuAvailable(): boolean {
   return ['/usr/bin', '/usr/local/bin'].some((d) => existsSync(join(d, QEMU_BINARY)));
@@ -61,6 +69,9 @@ export async function startQemu(o: QemuOptions): Promise<RunningQemu> {
   if (ramPath) {
     args.push('-machine', 'pc,memory-backend=ram');
     args.push('-object', `memory-backend-file,id=ram,size=${o.memMiB}M,mem-path=${ramPath},share=on`);
+  } else if (o.memfd) {
+    args.push('-machine', 'pc,memory-backend=ram');
+    args.push('-object', `memory-backend-memfd,id=ram,size=${o.memMiB}M,share=on`);
   } else args.push('-machine', 'pc');
   (o.blobs ?? []).forEach((b, i) => {
     const f = join(dir, `blob${i}.bin`);
@@ -70,10 +81,14 @@ export async function startQemu(o: QemuOptions): Promise<RunningQemu> {
   if (!o.run) args.push('-S');
   args.push(...(o.extraArgs ?? []));
   const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  running.add(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   let exited = false;
-  child.on('exit', () => (exited = true));
+  child.on('exit', () => {
+    exited = true;
+    running.delete(child);
+  });
   try {
     await waitFor(() => exited || (existsSync(qmpPath) && existsSync(monPath)), 15_000, 'QEMU sockets');
     if (exited) throw new Error(`QEMU exited: ${stderr.trim()}`);

@@ -73,6 +73,19 @@ describe('FrameDecoder', () => {
     ]);
   });
 
+  it('hands out long runs of events in order', () => {
+    const d = new FrameDecoder();
+    d.push(latin1('+'.repeat(50_000) + '$OK#9a'));
+    let acks = 0;
+    let ev = d.next();
+    for (; ev?.kind === 'ack'; ev = d.next()) acks++;
+    expect(acks).toBe(50_000);
+    expect(ev).toEqual(packet('OK'));
+    expect(d.next()).toBeUndefined();
+    d.push(latin1('-'));
+    expect(d.next()).toEqual({ kind: 'nack' });
+  });
+
   it('decodes packets split across reads at any byte', () => {
     const wire = latin1('+$m0,4#fd+$0102*"#00');
     for (let cut = 1; cut < wire.length; cut++) {

@@ -11,6 +11,18 @@ import { freePort, TestQemu } from './qemu.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** vCPU 0's registers from HMP `info registers` (real-mode layout: EAX=…, CS =sel base limit flags). */
+async function hmpRegisters(qemu: TestQemu): Promise<Map<string, bigint>> {
+  const text = await qemu.hmp('info registers');
+  const out = new Map<string, bigint>();
+  for (const m of text.matchAll(/\b([A-Z0-9]+)=([0-9a-f]+)\b/g)) out.set(m[1]!, BigInt('0x' + m[2]));
+  for (const m of text.matchAll(/^([A-Z]{2}) =([0-9a-f]{4}) ([0-9a-f]+)/gm)) {
+    out.set(m[1]!, BigInt('0x' + m[2]));
+    out.set(`${m[1]}.base`, BigInt('0x' + m[3]));
+  }
+  return out;
+}
+
 /** 16-bit code at 0x7c00: `inc ax` then `jmp 0x7c00`. */
 const LOOP_AT = 0x7c00n;
 const LOOP_CODE = Uint8Array.from([0x40, 0xeb, 0xfd]);
@@ -36,7 +48,7 @@ describe('GdbRemote against QEMU', () => {
     expect(gdb.running).toBe(false);
   });
 
-  it('reads the x86 reset state from g', async () => {
+  it('reads the x86 reset state from g, as QEMU’s own info registers shows it', async () => {
     const r = await gdb.readRegisters();
     expect(r.rip).toBe(0xfff0n);
     expect(r.cs).toBe(0xf000n);
@@ -44,9 +56,17 @@ describe('GdbRemote against QEMU', () => {
     expect(r.eflags).toBe(0x2n);
     expect(r.efer).toBe(0n);
     expect(r.cr3).toBe(0n);
-    // EDX holds the processor signature (CPUID leaf 1 EAX) after reset: family 6 or 15, not zero.
-    expect(r.rdx).not.toBe(0n);
     expect(r.rsp).toBe(0n);
+    // EDX holds the processor signature (CPUID leaf 1 EAX) after reset.
+    expect(r.rdx).not.toBe(0n);
+    const hmp = await hmpRegisters(qemu);
+    expect(r.rip).toBe(hmp.get('EIP'));
+    expect(r.rdx).toBe(hmp.get('EDX'));
+    expect(r.eflags).toBe(hmp.get('EFL'));
+    expect(r.cr0).toBe(hmp.get('CR0'));
+    expect(r.cs).toBe(hmp.get('CS'));
+    // The gdbstub has no segment bases; the CS base shows in where the first instruction is fetched.
+    expect(hmp.get('CS.base')).toBe(0xffff0000n);
   });
 
   it('takes its register layout from QEMU’s target description, matching the built-in table', async () => {
@@ -69,6 +89,8 @@ describe('GdbRemote against QEMU', () => {
     await gdb.writeRegisters({ rsi: 0xabcdn, rdi: 0x55n });
     const r = await gdb.readRegisters();
     expect([r.rbx, r.rsi, r.rdi]).toEqual([0x1234n, 0xabcdn, 0x55n]);
+    const hmp = await hmpRegisters(qemu);
+    expect([hmp.get('EBX'), hmp.get('ESI'), hmp.get('EDI')]).toEqual([0x1234n, 0xabcdn, 0x55n]);
     await gdb.writeRegisters({ rbx: 0n, rsi: 0n, rdi: 0n });
   });
 

@@ -1,0 +1,40 @@
+import { existsSync, statSync } from 'node:fs';
+import { inject, describe, expect, it } from 'vitest';
+import { findLab, GuestConsole, hmpCommand, labDown, labList, labUp } from '../../src/lab/index.ts';
+import { isAlive } from '../../src/lab/state.ts';
+import { TargetError } from '../../src/util/errors.ts';
+import { labPrefix } from '../support/lab.ts';
+
+// A guest of its own, since this file stops it: 4 GiB, so that part of its RAM sits above
+// the PCI hole, and only two workers.
+describe('a lab guest from up to down', () => {
+  it('boots with 4 GiB split around the PCI hole, and is gone after labDown', async () => {
+    const name = `${labPrefix()}-life`;
+    const info = await labUp({ name, memoryMiB: 4096, processes: 2, ownerPid: inject('vmlensLabOwner') });
+    try {
+      expect(statSync(info.ramFile).size).toBe(4096 * 1024 * 1024);
+      const mtree = await hmpCommand(info.qmpSocket, 'info mtree -f');
+      expect(mtree).toMatch(/^\s*0000000100000000-[0-9a-f]+ \(prio 0, ram\): ram-above-4g /m);
+      const guest = await GuestConsole.forLab(info);
+      const memTotalKiB = Number(/MemTotal:\s+(\d+)/.exec(await guest.run('cat /proc/meminfo'))?.[1]);
+      expect(memTotalKiB).toBeGreaterThan(3.5 * 1024 * 1024);
+      expect(await guest.run('ls /proc | grep -c .; pidof lab-worker-0 lab-worker-1 | wc -w')).toMatch(/\n2\n$/);
+      guest.close();
+    } finally {
+      await labDown(name);
+    }
+    expect(isAlive(info.pid)).toBe(false);
+    expect(existsSync(info.ramFile)).toBe(false);
+    expect(existsSync(info.runtimeDir)).toBe(false);
+    expect((await labList()).some((l) => l.name === name)).toBe(false);
+    await expect(findLab(name)).rejects.toThrow(TargetError);
+    await expect(labDown(name)).rejects.toThrow(/no lab guest named/);
+  });
+
+  it('refuses bad options with one clear line', async () => {
+    await expect(labUp({ name: 'Bad Name' })).rejects.toThrow(/bad lab guest name/);
+    await expect(labUp({ name: `${labPrefix()}-x`, memoryMiB: 100 })).rejects.toThrow(/memory \(MiB\) must be an integer from 128/);
+    await expect(labUp({ name: `${labPrefix()}-x`, paging: 3 as 4 })).rejects.toThrow(/paging must be 4 or 5/);
+    await expect(labUp({ name: `${labPrefix()}-x`, kernel: 'bash' })).rejects.toThrow(/not a kernel image package/);
+  });
+});

@@ -1,0 +1,86 @@
+import { inject } from 'vitest';
+import { ensureInitramfs } from '../../src/lab/initramfs.ts';
+import { ensureKernel } from '../../src/lab/kernels.ts';
+import { GuestConsole, labDown, labUp, type LabInfo, type LabUpOptions } from '../../src/lab/index.ts';
+
+/**
+ * Lab guests for tests. Booting costs tens of seconds of CPU under TCG, so a test run boots
+ * each configuration at most once and every test file, in every worker process, shares it:
+ * labUp() is idempotent and serialised per guest name by a lock, so the first file to ask
+ * boots the guest and the others wait for it and reuse it. The names carry a per-run prefix
+ * handed out by tests/support/global-setup.ts, which also stops the guests at the end.
+ *
+ * VMLENS_TEST_KEEP=1 keeps the guests (named test-<config>) running between runs, for quick
+ * iterations; they are rebooted when the lab's kernel or initramfs changes.
+ */
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** Prefix of this run's guest names. */
+    vmlensLabPrefix: string;
+    /** The vitest main process: guests are disposable once it is gone. */
+    vmlensLabOwner: number;
+  }
+}
+
+export type LabConfig = 'default' | '4level';
+
+/** What each configuration boots. Explicit throughout, so a reused guest matches exactly. */
+export const LAB_CONFIGS: Readonly<Record<LabConfig, LabUpOptions>> = {
+  default: { paging: 5, memoryMiB: 1024, cpus: 1, processes: 16, accel: 'tcg' },
+  '4level': { paging: 4, memoryMiB: 1024, cpus: 1, processes: 16, accel: 'tcg' },
+};
+
+export interface LabGuest {
+  readonly info: LabInfo;
+  /** The guest's command shell (see GuestConsole). */
+  readonly console: GuestConsole;
+}
+
+export function keepGuests(): boolean {
+  return process.env.VMLENS_TEST_KEEP === '1';
+}
+
+/** Name prefix for this run's guests (from global setup; a fallback when run without it). */
+export function labPrefix(): string {
+  try {
+    return inject('vmlensLabPrefix');
+  } catch {
+    return keepGuests() ? 'test' : `t${process.pid.toString(36)}`;
+  }
+}
+
+function owner(): number | undefined {
+  try {
+    return inject('vmlensLabOwner');
+  } catch {
+    return undefined;
+  }
+}
+
+const guests = new Map<LabConfig, Promise<LabGuest>>();
+
+/** The shared guest of a configuration, booting it on first use in the whole run. */
+export function labGuest(config: LabConfig = 'default'): Promise<LabGuest> {
+  let g = guests.get(config);
+  if (!g) {
+    g = startGuest(config);
+    guests.set(config, g);
+    // A failed boot may be retried by the next file rather than poisoning the process.
+    g.catch(() => guests.delete(config));
+  }
+  return g;
+}
+
+async function startGuest(config: LabConfig): Promise<LabGuest> {
+  const name = `${labPrefix()}-${config}`;
+  const ownerPid = keepGuests() ? undefined : owner();
+  const opts: LabUpOptions = { ...LAB_CONFIGS[config], name, ...(ownerPid !== undefined ? { ownerPid } : {}) };
+  let info = await labUp(opts);
+  if (keepGuests() && info.initramfs !== ensureInitramfs(await ensureKernel()).path) {
+    // A kept guest from before the lab changed: start it afresh.
+    await labDown(name);
+    info = await labUp(opts);
+  }
+  return { info, console: await GuestConsole.forLab(info) };
+}
