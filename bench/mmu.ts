@@ -16,7 +16,7 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const BATCH = 1024;
 const PROBES = 1 << 16;
-const HOT_PAGES = 8192; // working set that fits the 65536-entry cache used by the hot benchmarks
+const HOT_PAGES = Number(process.env.HOT ?? 8192);
 
 const DIRECT4 = 0xffff888000000000n;
 const DIRECT5 = 0xff11000000000000n;

@@ -55,16 +55,21 @@ export interface AuditWrite {
 export type AuditKind = 'write' | 'undo' | 'call';
 
 /**
+ * - `started`: written before the guest is touched, with the old bytes; a later line with the
+ *   same id gives the outcome. A `started` entry with no outcome means vmlens died mid-way: its
+ *   old bytes are the way back.
  * - `ok`: done and verified.
- * - `dry-run`: shown only, nothing written.
- * - `refused`: a check failed before anything was written.
- * - `failed`: an error after the guest was touched; `error` says what, and whether the old bytes
+ * - `failed`: an error after the guest was paused; `error` says what, and whether the old bytes
  *   were put back.
+ * - `refused`: a check failed before anything was written (logged only by callers that want to).
  */
-export type AuditResult = 'ok' | 'dry-run' | 'refused' | 'failed';
+export type AuditResult = 'started' | 'ok' | 'failed' | 'refused';
 
 export interface AuditEntry {
-  /** Unique id of the entry (an undo refers to the write by it). */
+  /**
+   * Unique id of the change (an undo refers to the write by it). Several lines may share an id:
+   * the last one is the outcome (see AuditResult).
+   */
   readonly id: string;
   /** ISO-8601 time the entry was written. */
   readonly time: string;
@@ -131,7 +136,25 @@ export function appendAudit(input: AuditEntryInput, path: string = auditLogPath(
 }
 
 /**
- * Every entry of the log, oldest first. Lines that are not entries (a torn last line after a
+ * Every change once, in the order they began, each with its final state (the last line of its
+ * id). What `vmlens audit` shows and `vmlens undo` decides on.
+ */
+export function readAuditHistory(path: string = auditLogPath()): { entries: AuditEntry[]; skipped: number } {
+  const { entries, skipped } = readAudit(path);
+  const byId = new Map<string, AuditEntry>();
+  for (const e of entries) byId.set(e.id, e);
+  const merged: AuditEntry[] = [];
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (seen.has(e.id)) continue;
+    seen.add(e.id);
+    merged.push(byId.get(e.id)!);
+  }
+  return { entries: merged, skipped };
+}
+
+/**
+ * Every line of the log, oldest first. Lines that are not entries (a torn last line after a
  * crash, hand edits) are skipped and counted, never fatal: the log must stay readable.
  */
 export function readAudit(path: string = auditLogPath()): { entries: AuditEntry[]; skipped: number } {

@@ -114,6 +114,7 @@ export const SYSCTL_HANDLERS: readonly SysctlHandlerSpec[] = [
   spec('overcommit_kbytes_handler', 'ulong', { writable: false }),
   spec('devinet_conf_proc', 'int', { writable: false }),
   spec('devinet_sysctl_forward', 'int', { writable: false }),
+  spec('ipv4_doint_and_flush', 'int', { writable: false }),
   spec('ipv4_fwd_update_priority', 'u8', { minmax: true, writable: false }),
 ];
 

@@ -78,10 +78,12 @@ async function aptInstall(packages: readonly string[]): Promise<void> {
   }
 }
 
+export const APT_LISTS = '/var/lib/apt/lists';
+
 /** True on a host that has never fetched package lists (apt-get update). */
 export function aptListsEmpty(): boolean {
   try {
-    return !readdirSync('/var/lib/apt/lists').some((f) => f.endsWith('_Packages') || f.endsWith('_Packages.lz4'));
+    return !readdirSync(APT_LISTS).some((f) => f.endsWith('_Packages') || f.endsWith('_Packages.lz4'));
   } catch {
     return true;
   }

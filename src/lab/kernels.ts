@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { TargetError, UsageError } from '../util/errors.ts';
-import { aptListsEmpty } from './deps.ts';
+import { APT_LISTS, aptListsEmpty } from './deps.ts';
 import { withLock } from './lock.ts';
 import { readModInfo } from './modinfo.ts';
 import { cacheDir, ensureDir } from './paths.ts';
@@ -89,13 +89,58 @@ export async function resolveKernelPackage(spec: string = DEFAULT_KERNEL_PACKAGE
   if (!PACKAGE_NAME.test(spec) || !spec.startsWith('linux-image-')) {
     throw new UsageError(`not a kernel image package name: '${spec}' (e.g. linux-image-amd64, linux-image-cloud-amd64)`);
   }
+  // apt-cache takes a second or more per question on a busy host, and its answers change only
+  // when the package lists do: remember them, keyed by the lists' modification time.
+  const stamp = aptListsStamp();
+  const memo = readResolved();
+  const known = memo.stamp === stamp ? memo.packages[spec] : undefined;
+  if (known) return known;
   let name = spec;
   for (let hop = 0; hop < MAX_META_HOPS; hop++) {
     const next = imageDependency(name, await aptDepends(name));
-    if (!next) return name;
+    if (!next) {
+      writeResolved(stamp, memo.stamp === stamp ? { ...memo.packages, [spec]: name } : { [spec]: name });
+      return name;
+    }
     name = next;
   }
   throw new TargetError(`kernel package ${spec}: meta-packages nest deeper than ${MAX_META_HOPS}`);
+}
+
+interface ResolvedMemo {
+  readonly stamp: number;
+  readonly packages: Readonly<Record<string, string>>;
+}
+
+function resolvedFile(): string {
+  return join(ensureDir(join(cacheDir(), 'kernels')), 'resolved.json');
+}
+
+function readResolved(): ResolvedMemo {
+  try {
+    const m = JSON.parse(readFileSync(resolvedFile(), 'utf8')) as ResolvedMemo;
+    if (typeof m.stamp === 'number' && m.packages && typeof m.packages === 'object') return m;
+  } catch {
+    /* absent or unreadable: ask apt */
+  }
+  return { stamp: -1, packages: {} };
+}
+
+function writeResolved(stamp: number, packages: Record<string, string>): void {
+  if (stamp < 0) return;
+  const file = resolvedFile();
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify({ stamp, packages }, null, 2)}\n`);
+  renameSync(tmp, file);
+}
+
+/** Changes whenever `apt-get update` replaces package lists; -1 when there are none. */
+function aptListsStamp(): number {
+  try {
+    return statSync(APT_LISTS).mtimeMs;
+  } catch {
+    return -1;
+  }
 }
 
 /** The linux-image-* package a meta-package depends on, if `name` is one. */

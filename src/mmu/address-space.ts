@@ -18,10 +18,8 @@ import {
   PERM_NX,
   PERM_USER,
   PERM_WRITABLE,
-  PTE_ACCESSED,
   PTE_ADDR_HI,
   PTE_ADDR_LO,
-  PTE_DIRTY,
   PTE_PRESENT,
   PTE_PS,
   type PagingFormat,
@@ -87,8 +85,6 @@ export interface TranslationReport {
   readonly fault: { readonly level: number; readonly reason: string } | null;
 }
 
-/** Entry bits a walk never looks at but the CPU updates as it runs: ignored when validating. */
-const VOLATILE_LO = PTE_ACCESSED | PTE_DIRTY;
 
 export class AddressSpace {
   readonly reader: PhysReader;
@@ -130,12 +126,12 @@ export class AddressSpace {
   //   the cache walks afresh.
   private tlbOn = false;
   private readonly tlbShift: number = 31;
-  private readonly tlbKey: Float64Array;
-  private readonly tlbPa: Float64Array;
+  /** Per slot: [key, physical page], side by side so a lookup touches one cache line. */
+  private readonly tlb: Float64Array;
+  /** Per slot: the walk's entries (5 × [entry address f64, value lo u32, value hi u32]), one buffer seen two ways. */
+  private readonly tlbPath64: Float64Array;
+  private readonly tlbPath32: Uint32Array;
   private readonly tlbDepth: Uint8Array;
-  private readonly tlbPathPa: Float64Array;
-  private readonly tlbPathLo: Uint32Array;
-  private readonly tlbPathHi: Uint32Array;
   private epoch = 0;
   private frozen = false;
 
@@ -155,12 +151,12 @@ export class AddressSpace {
     // Two slots at least, so the hash's shift count stays below 32; a disabled cache is never filled.
     const size = Math.max(2, want === 0 ? 2 : 1 << Math.ceil(Math.log2(want)));
     this.tlbShift = 32 - Math.log2(size);
-    this.tlbKey = new Float64Array(size).fill(-1);
-    this.tlbPa = new Float64Array(size);
+    this.tlb = new Float64Array(size * 2);
+    const path = new ArrayBuffer(size * 5 * 16);
+    this.tlbPath64 = new Float64Array(path);
+    this.tlbPath32 = new Uint32Array(path);
     this.tlbDepth = new Uint8Array(size);
-    this.tlbPathPa = new Float64Array(size * 5);
-    this.tlbPathLo = new Uint32Array(size * 5);
-    this.tlbPathHi = new Uint32Array(size * 5);
+    this.flush();
     this.epoch = this.reader.epoch;
     this.frozen = this.reader.frozen;
   }
@@ -178,7 +174,8 @@ export class AddressSpace {
 
   /** Drop every cached translation of this space. */
   flush(): void {
-    this.tlbKey.fill(-1);
+    const t = this.tlb;
+    for (let i = 0; i < t.length; i += 2) t[i] = -1; // no page has key -1
   }
 
   // ---- hot path: (hi, lo) -------------------------------------------------------------------
@@ -188,8 +185,8 @@ export class AddressSpace {
     if (this.epoch !== this.reader.epoch) this.sync();
     const vpn = lo >>> 12;
     const slot = Math.imul(vpn ^ hi, 0x9e3779b1) >>> this.tlbShift;
-    if (this.tlbKey[slot] === (hi >>> 0) * 1048576 + vpn && (this.frozen || this.validate(slot))) {
-      return this.tlbPa[slot]! + (lo & 0xfff);
+    if (this.tlb[2 * slot] === (hi >>> 0) * 1048576 + vpn && (this.frozen || this.validate(slot))) {
+      return this.tlb[2 * slot + 1]! + (lo & 0xfff);
     }
     // Calls that V8 may not inline get small integers only (no number boxed per call): hi as
     // int32 fits for canonical addresses, which is checked first; the result comes in a field.
@@ -364,9 +361,13 @@ export class AddressSpace {
     const r = this.reader;
     const base = slot * 5;
     const d = this.tlbDepth[slot]!;
+    const p64 = this.tlbPath64;
+    const p32 = this.tlbPath32;
     for (let k = 0; k < d; k++) {
-      if (!r.tryU64(this.tlbPathPa[base + k]!)) return false;
-      if (((r.lo ^ this.tlbPathLo[base + k]!) & ~VOLATILE_LO) !== 0 || r.hi !== this.tlbPathHi[base + k]!) return false;
+      const e = base + k; // entry k of the slot: f64 index 2e, u32 indexes 4e+2, 4e+3
+      if (!r.tryU64(p64[2 * e]!)) return false;
+      // Accessed (bit 5) and Dirty (bit 6) are ignored: the CPU sets them as it runs, a walk never looks.
+      if (((r.lo ^ p32[4 * e + 2]!) & ~0x60) !== 0 || r.hi !== p32[4 * e + 3]!) return false;
     }
     return true;
   }
@@ -380,15 +381,16 @@ export class AddressSpace {
       return false;
     }
     if (this.tlbOn) {
-      this.tlbKey[slot] = (hi >>> 0) * 1048576 + vpn;
-      this.tlbPa[slot] = w.pagePa;
+      this.tlb[2 * slot] = (hi >>> 0) * 1048576 + vpn;
+      this.tlb[2 * slot + 1] = w.pagePa;
       const d = w.depth;
       this.tlbDepth[slot] = d;
       const base = slot * 5;
       for (let k = 0; k < d; k++) {
-        this.tlbPathPa[base + k] = w.pathPa[k]!;
-        this.tlbPathLo[base + k] = w.pathLo[k]!;
-        this.tlbPathHi[base + k] = w.pathHi[k]!;
+        const e = base + k;
+        this.tlbPath64[2 * e] = w.pathPa[k]!;
+        this.tlbPath32[4 * e + 2] = w.pathLo[k]!;
+        this.tlbPath32[4 * e + 3] = w.pathHi[k]!;
       }
     }
     return true;

@@ -67,7 +67,7 @@ describe('GuestConsole on the lab guest', () => {
   it('works over the serial console too, with its CRLF undone', async () => {
     const serial = await GuestConsole.connect(g.info.consoleSocket);
     try {
-      expect(await serial.run('printf "a\\nb\\r\\n"; tty')).toBe('a\nb\r\n/dev/ttyS0\n');
+      expect(await serial.run('printf "a\\nb\\r\\n"; readlink /proc/self/fd/1')).toBe('a\nb\r\n/dev/ttyS0\n');
       expect(await serial.exec('exit 3')).toEqual({ output: '', exitCode: 3 });
     } finally {
       serial.close();

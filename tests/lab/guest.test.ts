@@ -96,7 +96,7 @@ describe('the default lab guest (5-level paging)', () => {
       s.on('error', reject);
       setTimeout(() => reject(new Error(`gdbstub said only '${got}'`)), 10_000);
     });
-    expect(reply).toMatch(/^\+\$[ST][0-9a-f]{2}/);
+    expect(reply).toMatch(/\$T[0-9a-f]{2}thread:/);
     expect(await qmpExecute(g.info.qmpSocket, 'query-status')).toMatchObject({ status: 'running' });
   });
 

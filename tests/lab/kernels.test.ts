@@ -1,5 +1,7 @@
-import { readFileSync, statSync } from 'node:fs';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureKernel, imageDependency, LAB_MODULES, moduleKey, resolveKernelPackage, type CachedKernel } from '../../src/lab/kernels.ts';
 import { findSection, readModInfo } from '../../src/lab/modinfo.ts';
 import { TargetError, UsageError } from '../../src/util/errors.ts';
@@ -19,15 +21,31 @@ describe('imageDependency', () => {
 });
 
 describe('resolveKernelPackage (apt-cache on this host)', () => {
+  // A cache of its own, so that apt-cache is really asked rather than the remembered answers.
+  let cache: string;
+  const saved = process.env.VMLENS_CACHE_DIR;
+  beforeAll(() => {
+    cache = mkdtempSync(join(tmpdir(), 'vmlens-cache-'));
+    process.env.VMLENS_CACHE_DIR = cache;
+  });
+  afterAll(() => {
+    if (saved === undefined) delete process.env.VMLENS_CACHE_DIR;
+    else process.env.VMLENS_CACHE_DIR = saved;
+    rmSync(cache, { recursive: true, force: true });
+  });
+
   it('resolves the default meta-package to an exact image', async () => {
     expect(await resolveKernelPackage()).toMatch(/^linux-image-\d+\.\d+[.\d+a-z-]*-amd64$/);
   });
   it('resolves a nested meta-package (6.12 → exact 6.12 image)', async () => {
     expect(await resolveKernelPackage('linux-image-6.12-amd64')).toMatch(/^linux-image-6\.12\.\d+\+deb12-amd64$/);
   });
-  it('keeps an exact name', async () => {
+  it('keeps an exact name, and remembers its answers until the package lists change', async () => {
     const exact = await resolveKernelPackage();
     expect(await resolveKernelPackage(exact)).toBe(exact);
+    const memo = JSON.parse(readFileSync(join(cache, 'kernels', 'resolved.json'), 'utf8')) as { stamp: number; packages: Record<string, string> };
+    expect(memo.packages).toMatchObject({ 'linux-image-amd64': exact, [exact]: exact });
+    expect(memo.stamp).toBe(statSync('/var/lib/apt/lists').mtimeMs);
   });
   it('rejects what is not a kernel package name, and unknown packages', async () => {
     await expect(resolveKernelPackage('bash')).rejects.toThrow(UsageError);

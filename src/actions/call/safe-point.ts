@@ -30,7 +30,8 @@ const PF_KTHREAD = 0x0020_0000;
 const MAX_STACK_SPAN = 64n * 1024n;
 /** Stack a safe point must leave below its rsp: room for arguments and the callee. */
 export const MIN_STACK_ROOM = 10n * 1024n;
-const KERNEL_HALF = 0xffff_8000_0000_0000n;
+/** Kernel addresses have the top bit set (under 4- and 5-level paging alike). */
+const KERNEL_HALF = 1n << 63n;
 
 /** Facts about the task a safe point interrupted. */
 export interface TaskFacts {

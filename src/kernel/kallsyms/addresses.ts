@@ -131,19 +131,40 @@ export function findAddresses(
   return findRelative(win, n, range, accept) ?? findAbsolute(win, n, range, accept);
 }
 
+/**
+ * Positions that pass `valid`, grouped in families of neighbours, each family latest first.
+ * Zeros before a table make the positions before it look like the table too (a prefix of
+ * zeros is still sorted), shifted by a few entries; the real table is the last of its family.
+ * Stops after MAX_TABLE_TRIES candidates.
+ */
+function* latestFirst(count: number, step: number, valid: (i: number) => boolean): Generator<number> {
+  let family: number[] = [];
+  let tries = 0;
+  for (let i = 0; i < count; i += step) {
+    if (valid(i)) {
+      family.push(i);
+      continue;
+    }
+    for (let k = family.length - 1; k >= 0; k--) {
+      if (++tries > MAX_TABLE_TRIES) return;
+      yield family[k]!;
+    }
+    family = [];
+  }
+  for (let k = family.length - 1; k >= 0 && ++tries <= MAX_TABLE_TRIES; k--) yield family[k]!;
+}
+
 function findRelative(win: ImageWindow, n: number, range: VaRange, accept: (a: DecodedAddresses) => boolean) {
   const u32 = win.u32;
-  const words = u32.length;
-  let runs: MonotoneRuns | undefined;
-  let tables = 0;
-  for (let w = 0; w + n <= words; w += ALIGN_WORDS) {
+  if (u32.length < n || n < 1) return null;
+  const runs = new MonotoneRuns(u32);
+  const valid = (w: number): boolean => {
     const first = u32[w]!;
-    if (first !== 0 && first !== 0xffff_ffff) continue;
-    runs ??= new MonotoneRuns(u32);
-    const shape = offsetsShape(runs, w, n);
-    if (!shape) continue;
-    if (runs.equalPairs(w, n) > n * MAX_EQUAL_FRACTION) continue;
-    if (++tables > MAX_TABLE_TRIES) break;
+    if (first !== 0 && first !== 0xffff_ffff) return false;
+    return offsetsShape(runs, w, n) !== null && runs.equalPairs(w, n) <= n * MAX_EQUAL_FRACTION;
+  };
+  for (const w of latestFirst(u32.length - n + 1, ALIGN_WORDS, valid)) {
+    const shape = offsetsShape(runs, w, n)!;
     const offsetsEnd = (w + n) << 2;
     let tried = 0;
     for (const baseOff of relativeBaseCandidates(win, offsetsEnd, range)) {
@@ -253,15 +274,15 @@ function findAbsolute(win: ImageWindow, n: number, range: VaRange, accept: (a: D
   for (let k = 0; k + 1 < count; k++) {
     eq[k + 1] = eq[k]! + (u32[2 * k] === u32[2 * k + 2] && u32[2 * k + 1] === u32[2 * k + 3] ? 1 : 0);
   }
-  let tables = 0;
-  for (let k = 0; k + n <= count; k++) {
-    if (up[k]! < n) continue;
-    if (eq[k + n - 1]! - eq[k]! > n * MAX_EQUAL_FRACTION) continue;
+  const valid = (k: number): boolean => {
+    if (up[k]! < n) return false;
+    if (eq[k + n - 1]! - eq[k]! > n * MAX_EQUAL_FRACTION) return false;
     const lastHi = u32[2 * (k + n) - 1]!;
-    if (!isKernelHalf(lastHi)) continue;
+    if (!isKernelHalf(lastHi)) return false;
     const last = vaFromHalves(lastHi, u32[2 * (k + n) - 2]!);
-    if (last < range.start || last > range.end + IMAGE_SLACK) continue;
-    if (++tables > MAX_TABLE_TRIES) break;
+    return last >= range.start && last <= range.end + IMAGE_SLACK;
+  };
+  for (const k of latestFirst(count - n + 1, 1, valid)) {
     const hi = new Uint32Array(n);
     const lo = new Uint32Array(n);
     for (let i = 0; i < n; i++) {

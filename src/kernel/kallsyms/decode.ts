@@ -59,7 +59,6 @@ function decodeAround(reader: KernelImageReader, range: VaRange, tokens: TokenTa
     const found = findAddresses(tableNeighbourhood(win, names, tokens), names.count, range, (a) => banner < 0 || bannerAt(reader, a, banner));
     if (!found) continue;
     if (decoded.truncated > 0) warnings?.warn(WHERE, `${decoded.truncated} symbol names longer than the kernel allows were cut`);
-    if (names.numSymsVa === undefined) warnings?.warn(WHERE, `kallsyms_num_syms not found; ${names.count} symbols counted from the names table`);
     checkTypes(decoded, warnings);
     return new Kallsyms(decoded.names, decoded.types, found.addrs.hi, found.addrs.lo, {
       tokenTableVa: tokens.tableVa,

@@ -8,7 +8,7 @@ export interface KallsymsLayout {
   readonly tokenIndexVa: bigint;
   readonly namesVa: bigint;
   readonly namesSize: number;
-  readonly numSymsVa: bigint | undefined;
+  readonly numSymsVa: bigint;
   readonly markersVa: bigint | undefined;
   readonly markerWidth: 4 | 8;
   /** Two-byte name lengths (6.1 and later). */

@@ -21,8 +21,7 @@ export interface NamesTable {
   readonly namesVa: bigint;
   readonly namesSize: number;
   readonly count: number;
-  /** Where kallsyms_num_syms was found; undefined when the count was inferred from the walk. */
-  readonly numSymsVa: bigint | undefined;
+  readonly numSymsVa: bigint;
   /** Where kallsyms_markers was found; undefined when there are too few symbols to need one. */
   readonly markersVa: bigint | undefined;
   readonly markerWidth: 4 | 8;
@@ -249,8 +248,9 @@ function findNamesAdjacent(win: ImageWindow, runs: Map<number, MarkerRun[]>, big
 
 /**
  * The general search: any aligned position where the stream agrees with a markers run. The
- * count then comes from a u32 elsewhere in the window that the markers allow and the walk
- * accepts, the nearest one winning; failing that, from how far the last block walks.
+ * count is then how far the last block walks, and it must be declared by a u32 somewhere in
+ * the window (the nearest one is taken as kallsyms_num_syms). A count the kernel does not
+ * state is never guessed: a names table cut short would otherwise decode as a smaller one.
  */
 function findNamesAnywhere(win: ImageWindow, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): NamesTable | null {
   const b = win.bytes;
@@ -266,17 +266,15 @@ function findNamesAnywhere(win: ImageWindow, runs: Map<number, MarkerRun[]>, big
       const lastBlock = p + run.values[blocks - 1]!;
       const walkable = walkableCount(b, lastBlock, BLOCK, b.length, big, facts);
       if (walkable === 0) continue;
-      const low = (blocks - 1) * BLOCK + 1;
-      const high = (blocks - 1) * BLOCK + walkable;
-      const declared = nearestCount(win, p, low, high);
-      const n = declared ? declared.count : high;
-      const end = walk(b, lastBlock, n - (blocks - 1) * BLOCK, b.length, big, facts);
-      if (end < 0) continue;
+      const n = (blocks - 1) * BLOCK + walkable;
+      const declared = nearestU32(win, p, n);
+      if (declared < 0) continue;
+      const end = walk(b, lastBlock, walkable, b.length, big, facts);
       return {
         namesVa: win.vaOf(p),
         namesSize: end - p,
         count: n,
-        numSymsVa: declared ? win.vaOf(declared.off) : undefined,
+        numSymsVa: win.vaOf(declared),
         markersVa: win.vaOf(run.off),
         markerWidth: run.width,
         bigLengths: big,
@@ -286,17 +284,16 @@ function findNamesAnywhere(win: ImageWindow, runs: Map<number, MarkerRun[]>, big
   return null;
 }
 
-/** The u32 in [low, high] nearest to offset `p`, at a 4-aligned offset. */
-function nearestCount(win: ImageWindow, p: number, low: number, high: number): { count: number; off: number } | undefined {
+/** Offset of the 4-aligned u32 equal to `value` nearest to offset `p`, or -1. */
+function nearestU32(win: ImageWindow, p: number, value: number): number {
   const u32 = win.u32;
-  let best: { count: number; off: number } | undefined;
+  let best = -1;
   let bestDistance = Infinity;
   for (let w = 0; w < u32.length; w++) {
-    const v = u32[w]!;
-    if (v < low || v > high) continue;
+    if (u32[w] !== value) continue;
     const d = Math.abs((w << 2) - p);
     if (d < bestDistance) {
-      best = { count: v, off: w << 2 };
+      best = w << 2;
       bestDistance = d;
     }
   }
