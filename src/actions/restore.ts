@@ -68,9 +68,9 @@ export function evaluateAddress(kernel: Kernel, text: string): bigint {
 
 /**
  * Check that `value` is the start of a symbol in the kernel's text (_stext … _etext) and return
- * that symbol's name.
+ * that symbol's name (`preferred` when it is an alias at the same address).
  */
-export function kernelTextSymbolAt(kernel: Kernel, value: bigint): string {
+export function kernelTextSymbolAt(kernel: Kernel, value: bigint, preferred?: string): string {
   const start = kernel.symbols.lookup('_stext') ?? kernel.layout.textBase;
   const end = kernel.symbols.lookup('_etext');
   if (end === undefined) throw new UsageError('the kernel has no _etext symbol: its text range is unknown');
@@ -78,6 +78,7 @@ export function kernelTextSymbolAt(kernel: Kernel, value: bigint): string {
     const where = kernel.symbolize(value);
     throw new UsageError(`0x${value.toString(16)}${where ? ` (${where})` : ''} is not in the kernel's text (0x${start.toString(16)}-0x${end.toString(16)})`);
   }
+  if (preferred !== undefined && kernel.symbols.lookup(preferred) === value) return preferred;
   const s = kernel.symbols.symbolize(value);
   if (!s || s.offset !== 0n) {
     throw new UsageError(`0x${value.toString(16)} is not the start of a kernel function${s ? ` (it is ${s.name}+0x${s.offset.toString(16)})` : ''}`);
@@ -86,17 +87,19 @@ export function kernelTextSymbolAt(kernel: Kernel, value: bigint): string {
 }
 
 /**
- * Put the 8-byte pointer at `address` back to `expected`, which must be the start of a function
- * in the kernel's text. A slot that already holds it is left alone (`unchanged`).
+ * Put the 8-byte pointer at `address` back to `expected` — an address, or a kernel function's
+ * name — which must be the start of a function in the kernel's text. A slot that already holds
+ * it is left alone (`unchanged`).
  */
-export async function restorePointer(kernel: Kernel, address: bigint, expected: bigint, opts: RestoreOptions = {}): Promise<RestoreResult> {
+export async function restorePointer(kernel: Kernel, address: bigint, expected: bigint | string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   if (address % 8n !== 0n) throw new UsageError(`0x${address.toString(16)} is not 8-byte aligned: not a pointer slot`);
-  if (expected < 0n || expected >= U64) throw new UsageError(`0x${expected.toString(16)} is not a 64-bit value`);
-  const newSymbol = kernelTextSymbolAt(kernel, expected);
+  const value = typeof expected === 'string' ? kernel.symbol(expected) : expected;
+  if (value < 0n || value >= U64) throw new UsageError(`0x${value.toString(16)} is not a 64-bit value`);
+  const newSymbol = kernelTextSymbolAt(kernel, value, typeof expected === 'string' ? expected : undefined);
   const where = kernel.symbolize(address);
   let oldValue = 0n;
   const bytes = new Uint8Array(8);
-  new DataView(bytes.buffer).setBigUint64(0, expected, true);
+  new DataView(bytes.buffer).setBigUint64(0, value, true);
   const result = await runTransaction(kernel, {
     command: opts.command ?? `restore ${where ?? `0x${address.toString(16)}`} --to ${newSymbol}`,
     dryRun: opts.dryRun,
@@ -111,5 +114,5 @@ export async function restorePointer(kernel: Kernel, address: bigint, expected: 
     },
   });
   const oldSymbol = kernel.symbolize(oldValue);
-  return { ...result, address, oldValue, newValue: expected, ...(oldSymbol !== undefined ? { oldSymbol } : {}), newSymbol };
+  return { ...result, address, oldValue, newValue: value, ...(oldSymbol !== undefined ? { oldSymbol } : {}), newSymbol };
 }

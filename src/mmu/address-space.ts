@@ -25,7 +25,7 @@ import {
   type PagingFormat,
   type WalkerOptions,
 } from './paging.ts';
-import { checkVa, DOUBLE_ZERO, isCanonical, vaFromParts, vaHi, vaLo } from './va.ts';
+import { checkVa, DOUBLE_ZERO, vaFromParts, vaHi, vaLo } from './va.ts';
 
 const PAGE = 4096;
 const TWO_32 = 4294967296;
@@ -97,12 +97,16 @@ export class AddressSpace {
    * Out-parameter of `readU64`: the high 32 bits of the value it just read. `readU64` returns the
    * low 32 bits; read `space.hi` immediately after, before any other read through this space.
    */
-  hi = DOUBLE_ZERO;
+  get hi(): number {
+    return this.out[0]!;
+  }
   /** After `translate` returned -1: the level (1 = PTE … 5 = PML5E) and why. */
   lastFaultLevel = 0;
   lastFaultReason = '';
 
   private readonly walker: PageWalker;
+  /** Backing of `hi`: a Uint32Array stores a uint32 without boxing it (see PhysReader.out). */
+  private readonly out = new Uint32Array(1);
   private readonly scratch = new Uint8Array(8);
   private readonly scratchDv = new DataView(this.scratch.buffer);
 
@@ -126,6 +130,8 @@ export class AddressSpace {
   //   the cache walks afresh.
   private tlbOn = false;
   private readonly tlbShift: number = 31;
+  /** hi >> signShift is 0 or -1 exactly for canonical addresses (bits 47 or 56 … 63 equal). */
+  private readonly signShift: number = 15;
   /** Per slot: [key, physical page], side by side so a lookup touches one cache line. */
   private readonly tlb: Float64Array;
   /** Per slot: the walk's entries (5 × [entry address f64, value lo u32, value hi u32]), one buffer seen two ways. */
@@ -143,6 +149,7 @@ export class AddressSpace {
     this.reader = memory instanceof PhysReader ? memory : new PhysReader(memory, { frozen: options.frozen ?? false });
     this.format = pagingFormat(levels);
     this.levels = levels;
+    this.signShift = levels === 5 ? 24 : 15;
     this.root = root;
     this.walker = new PageWalker(this.reader, this.format, root, options);
     const want = options.tlbEntries ?? 4096;
@@ -185,18 +192,15 @@ export class AddressSpace {
     if (this.epoch !== this.reader.epoch) this.sync();
     const vpn = lo >>> 12;
     const slot = Math.imul(vpn ^ hi, 0x9e3779b1) >>> this.tlbShift;
-    if (this.tlb[2 * slot] === (hi >>> 0) * 1048576 + vpn && (this.frozen || this.validate(slot))) {
-      return this.tlb[2 * slot + 1]! + (lo & 0xfff);
-    }
-    // Calls that V8 may not inline get small integers only (no number boxed per call): hi as
-    // int32 fits for canonical addresses, which is checked first; the result comes in a field.
-    if (!isCanonical(hi, lo, this.levels)) {
-      this.lastFaultLevel = this.levels;
-      this.lastFaultReason = FAULT_NON_CANONICAL;
-      return -1;
-    }
-    if (!this.miss(hi | 0, vpn, slot)) return -1;
-    return this.walker.pagePa + (lo & 0xfff);
+    const t = this.tlb;
+    if (t[2 * slot] === (hi >>> 0) * 1048576 + vpn && (this.frozen || this.validate(slot))) return t[2 * slot + 1]! + (lo & 0xfff);
+    // Kept small so V8 inlines it into callers. The calls below may not be inlined, so they get
+    // small integers only (a larger number would be boxed per call): the high half as int32,
+    // which fits once the address is known canonical, and the page number; the result comes
+    // back in a field.
+    const top = hi >> this.signShift;
+    if (top !== 0 && top !== -1) return this.nonCanonical();
+    return this.miss(hi | 0, vpn, slot) ? this.walker.pagePa + (lo & 0xfff) : -1;
   }
 
   readU8(hi: number, lo: number): number {
@@ -226,7 +230,7 @@ export class AddressSpace {
     if ((lo & 0xfff) <= PAGE - 8) {
       const r = this.reader;
       const low = r.u64(pa);
-      this.hi = r.hi;
+      this.out[0] = r.hi;
       return low;
     }
     return this.readAcross(hi, lo, 8);
@@ -372,6 +376,12 @@ export class AddressSpace {
     return true;
   }
 
+  private nonCanonical(): number {
+    this.lastFaultLevel = this.levels;
+    this.lastFaultReason = FAULT_NON_CANONICAL;
+    return -1;
+  }
+
   /** Walk for a TLB miss and fill the slot; the page is left in `walker.pagePa`. */
   private miss(hi: number, vpn: number, slot: number): boolean {
     const w = this.walker;
@@ -413,7 +423,7 @@ export class AddressSpace {
     const dv = this.scratchDv;
     if (n === 2) return dv.getUint16(0, true);
     if (n === 4) return dv.getUint32(0, true);
-    this.hi = dv.getUint32(4, true);
+    this.out[0] = dv.getUint32(4, true);
     return dv.getUint32(0, true);
   }
 

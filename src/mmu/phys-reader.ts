@@ -67,9 +67,18 @@ export class PhysReader {
   readonly ranges: readonly PhysRange[];
   /** Changes whenever cached data (pages here, translations above) may be stale. */
   epoch = 0;
-  /** Out-parameters of `u64` / `tryU64`: the two halves of the last 64-bit value read. */
-  lo = DOUBLE_ZERO;
-  hi = DOUBLE_ZERO;
+  /**
+   * Out-parameters of the reads: `lo` and `hi` halves of the last 64-bit value (`lo` also holds
+   * the value of the last u8/u16/u32 slow path). A Uint32Array, not fields: storing a uint32 in
+   * it costs nothing, where a number field would hold values above 2^30 as boxed doubles.
+   */
+  private readonly out = new Uint32Array(2);
+  get lo(): number {
+    return this.out[0]!;
+  }
+  get hi(): number {
+    return this.out[1]!;
+  }
 
   private frozenFlag = false;
   private readonly windows: Span[];
@@ -160,8 +169,10 @@ export class PhysReader {
     const off = gpa - s.start;
     if (off >= 0 && off + 8 <= s.size && (off & 3) === 0) {
       const i = off >>> 2;
-      this.hi = s.u32[i + 1]!;
-      return (this.lo = s.u32[i]!);
+      const lo = s.u32[i]!;
+      this.out[0] = lo;
+      this.out[1] = s.u32[i + 1]!;
+      return lo;
     }
     this.arg[0] = gpa;
     this.slowU64();
@@ -178,8 +189,8 @@ export class PhysReader {
     const off = gpa - s.start;
     if (off >= 0 && off + 8 <= s.size && (off & 3) === 0) {
       const i = off >>> 2;
-      this.lo = s.u32[i]!;
-      this.hi = s.u32[i + 1]!;
+      this.out[0] = s.u32[i]!;
+      this.out[1] = s.u32[i + 1]!;
       return true;
     }
     this.arg[0] = gpa;
@@ -324,10 +335,10 @@ export class PhysReader {
     if (s !== null) {
       this.span = s;
       const off = this.arg[0]! - s.start;
-      this.lo = n === 1 ? s.u8[off]! : n === 2 ? s.dv.getUint16(off, true) : s.dv.getUint32(off, true);
+      this.out[0] = n === 1 ? s.u8[off]! : n === 2 ? s.dv.getUint16(off, true) : s.dv.getUint32(off, true);
       return;
     }
-    this.lo = this.smallRare(this.arg[0]!, n);
+    this.out[0] = this.smallRare(this.arg[0]!, n);
   }
 
   /** u64 at `arg[0]` that the current span does not serve; the value goes to `lo`, `hi`. */
@@ -336,8 +347,8 @@ export class PhysReader {
     if (s !== null) {
       this.span = s;
       const off = this.arg[0]! - s.start;
-      this.lo = s.dv.getUint32(off, true);
-      this.hi = s.dv.getUint32(off + 4, true);
+      this.out[0] = s.dv.getUint32(off, true);
+      this.out[1] = s.dv.getUint32(off + 4, true);
       return;
     }
     this.u64Rare(this.arg[0]!);
@@ -348,8 +359,8 @@ export class PhysReader {
     if (s !== null) {
       this.tableSpan = s;
       const off = this.arg[0]! - s.start;
-      this.lo = s.dv.getUint32(off, true);
-      this.hi = s.dv.getUint32(off + 4, true);
+      this.out[0] = s.dv.getUint32(off, true);
+      this.out[1] = s.dv.getUint32(off + 4, true);
       return true;
     }
     const gpa = this.arg[0]!;
@@ -396,13 +407,13 @@ export class PhysReader {
   private u64Rare(gpa: number): void {
     if (this.splitsAcrossSpans(gpa, 8)) {
       const lo = this.smallRead(gpa, 4);
-      this.hi = this.smallRead(gpa + 4, 4);
-      this.lo = lo;
+      this.out[1] = this.smallRead(gpa + 4, 4);
+      this.out[0] = lo;
       return;
     }
     this.memory.read(gpa, this.scratch);
-    this.lo = this.scratchDv.getUint32(0, true);
-    this.hi = this.scratchDv.getUint32(4, true);
+    this.out[0] = this.scratchDv.getUint32(0, true);
+    this.out[1] = this.scratchDv.getUint32(4, true);
   }
 
   private smallRead(gpa: number, n: 1 | 2 | 4): number {

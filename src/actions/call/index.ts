@@ -52,6 +52,20 @@ export function resolveFunction(k: Kernel, name: string): KernelFunction {
   return { name, address, prototype: prototypes[0]! };
 }
 
+/**
+ * A function vmlens itself calls (kill_pid, vm_mmap…), checked against the running kernel's
+ * prototype: parameter count and, per parameter, pointer or integer. A kernel whose function
+ * changed shape is refused rather than called wrongly.
+ */
+export function requireFunction(k: Kernel, name: string, params: readonly ('pointer' | 'integer')[]): KernelFunction {
+  const fn = resolveFunction(k, name);
+  const got = fn.prototype.params.map((p) => (p.cls.kind === 'pointer' ? 'pointer' : p.cls.kind === 'integer' || p.cls.kind === 'enum' ? 'integer' : p.cls.kind));
+  if (got.length !== params.length || got.some((g, i) => g !== params[i])) {
+    throw new UsageError(`this kernel's ${formatPrototype(fn.prototype)} is not the (${params.join(', ')}) vmlens knows how to call`);
+  }
+  return fn;
+}
+
 export interface CallOptions extends Omit<CallSessionOptions, 'command'> {
   /** For the audit log; default `call NAME ARG…`. */
   readonly command?: string;

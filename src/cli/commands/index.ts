@@ -1,4 +1,7 @@
 import type { Command } from 'commander';
+import * as admin from './admin.ts';
+import * as call from './call.ts';
+import * as check from './check.ts';
 import * as info from './info.ts';
 import * as kernel from './kernel.ts';
 import * as lab from './lab.ts';
@@ -9,4 +12,4 @@ export interface CommandModule {
 }
 
 /** Every command module, in the order `vmlens --help` lists them. */
-export const commandModules: readonly CommandModule[] = [info, memory, kernel, lab];
+export const commandModules: readonly CommandModule[] = [info, memory, kernel, check, admin, call, lab];

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -35,21 +35,33 @@ function run(cmd: string, args: string[], opts: { cwd?: string; input?: Buffer }
 }
 
 /** The concrete image package a meta-package depends on now, e.g. linux-image-6.1.0-56-amd64. */
+const resolved = new Map<string, string>();
 function resolvePackage(meta: string): string {
+  const known = resolved.get(meta);
+  if (known) return known;
   const r = run('apt-cache', ['depends', meta]);
   const m = /Depends:\s+(linux-image-\S+)/.exec(r.stdout.toString());
   if (r.status !== 0 || !m) throw new Error(`cannot resolve ${meta} with apt-cache (run apt-get update?)`);
+  resolved.set(meta, m[1]!);
   return m[1]!;
 }
 
+/** Download a package into `dir` (once). Test files run in parallel: download privately, then rename. */
 function fetchDeb(pkg: string, dir: string): string {
   mkdirSync(dir, { recursive: true });
-  const existing = readdirSync(dir).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
+  const find = (d: string) => readdirSync(d).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
+  const existing = find(dir);
   if (existing) return join(dir, existing);
-  const r = run('apt-get', ['download', pkg], { cwd: dir });
-  const deb = readdirSync(dir).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
-  if (r.status !== 0 || !deb) throw new Error(`apt-get download ${pkg} failed: ${r.stderr.trim()}`);
-  return join(dir, deb);
+  const tmp = mkdtempSync(join(dir, '.download-'));
+  try {
+    const r = run('apt-get', ['download', pkg], { cwd: tmp });
+    const deb = find(tmp);
+    if (r.status !== 0 || !deb) throw new Error(`apt-get download ${pkg} failed: ${r.stderr.trim()}`);
+    renameSync(join(tmp, deb), join(dir, deb));
+    return join(dir, deb);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 }
 
 /** One file out of a .deb, without installing it. */
@@ -71,8 +83,15 @@ function tool(name: 'xz' | 'zstd' | 'lz4'): string {
   const bin = join(dir, 'usr', 'bin', name);
   if (!existsSync(bin)) {
     const deb = fetchDeb(pkg, join(CACHE, 'debs'));
-    const r = run('dpkg-deb', ['-x', deb, dir]);
+    mkdirSync(dirname(dir), { recursive: true });
+    const tmp = mkdtempSync(`${dir}.`);
+    const r = run('dpkg-deb', ['-x', deb, tmp]);
     if (r.status !== 0) throw new Error(`dpkg-deb -x ${deb}: ${r.stderr}`);
+    try {
+      renameSync(tmp, dir);
+    } catch {
+      rmSync(tmp, { recursive: true, force: true }); // another worker got there first
+    }
   }
   return bin;
 }

@@ -30,6 +30,8 @@ export interface SynthOptions {
   readonly markerWidth: 4 | 8;
   /** Two-byte lengths for long entries (6.1+); without, every entry must be under 128 bytes. */
   readonly bigLengths: boolean;
+  /** Leave linux_banner out of the symbols (kernels without CONFIG_KALLSYMS_ALL have no data symbols). */
+  readonly noBanner?: boolean;
 }
 
 export const IMAGE_BASE = 0xffff_ffff_8100_0000n;
@@ -57,7 +59,7 @@ export function rng(seed: number): () => number {
  * (linux_banner among it) and data, sorted by address like the kernel's, with a few aliases
  * and a few names long enough to need two length bytes.
  */
-export function makeSymbols(count: number, seed = 1, opts: { longNames?: boolean; percpu?: boolean } = {}): SynthSymbol[] {
+export function makeSymbols(count: number, seed = 1, opts: { longNames?: boolean; percpu?: boolean; noBanner?: boolean } = {}): SynthSymbol[] {
   const r = rng(seed);
   const out: SynthSymbol[] = [];
   if (opts.percpu) {
@@ -88,7 +90,7 @@ export function makeSymbols(count: number, seed = 1, opts: { longNames?: boolean
     }
   }
   out.push({ name: '_etext', type: 'T', address: a + 16n });
-  out.push({ name: 'linux_banner', type: 'R', address: IMAGE_BASE + BigInt(BANNER_OFFSET) });
+  out.push({ name: opts.noBanner ? 'a_rodata_string' : 'linux_banner', type: 'R', address: IMAGE_BASE + BigInt(BANNER_OFFSET) });
   a = IMAGE_BASE + BigInt(BANNER_OFFSET) + 0x100n;
   for (let i = out.length; i < count - 1; i++) {
     a += BigInt(8 + (r() % 64));
@@ -280,7 +282,7 @@ export interface SyntheticKernel {
 }
 
 export function syntheticKernel(opts: SynthOptions, count = 3000, seed = 7): SyntheticKernel {
-  const symbols = makeSymbols(count, seed, { longNames: opts.bigLengths, percpu: opts.addresses === 'percpu' });
+  const symbols = makeSymbols(count, seed, { longNames: opts.bigLengths, percpu: opts.addresses === 'percpu', noBanner: opts.noBanner });
   const image = new SyntheticImage(IMAGE_BASE, IMAGE_SIZE);
   const r = rng(seed * 31 + 1);
   // "Text": random bytes, where anything may look like anything.
