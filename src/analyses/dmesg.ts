@@ -120,10 +120,18 @@ function readText(k: Kernel, data: bigint, dataSize: number, sizeBits: number, b
   return latin1.decode(bytes);
 }
 
-/** `[    1.234567] text` as the dmesg tool prints it. */
+/**
+ * `[    1.234567] text` as the kernel formats a record for syslog and dmesg: a record whose
+ * text holds several lines gets the prefix on each (record_print_text).
+ */
 export function formatRecord(r: LogRecord): string {
   const us = Math.floor(r.timestampNs / 1000);
   const sec = Math.floor(us / 1e6);
   const frac = String(us % 1e6).padStart(6, '0');
-  return `[${String(sec).padStart(5, ' ')}.${frac}] ${r.text}`;
+  const prefix = `[${String(sec).padStart(5, ' ')}.${frac}] `;
+  const text = r.text.endsWith('\n') ? r.text.slice(0, -1) : r.text;
+  return text
+    .split('\n')
+    .map((line) => prefix + line)
+    .join('\n');
 }

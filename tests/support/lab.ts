@@ -1,6 +1,8 @@
 import { inject } from 'vitest';
 import { ensureInitramfs } from '../../src/lab/initramfs.ts';
 import { ensureKernel } from '../../src/lab/kernels.ts';
+import { buildRootkit } from '../../src/lab/rootkit.ts';
+import { rootkitInitramfsEntries } from '../../src/lab/rootkit-guest.ts';
 import { GuestConsole, labDown, labUp, type LabInfo, type LabUpOptions } from '../../src/lab/index.ts';
 
 /**
@@ -23,12 +25,18 @@ declare module 'vitest' {
   }
 }
 
-export type LabConfig = 'default' | '4level';
+export type LabConfig = 'default' | '4level' | 'rootkit' | 'k612' | 'cloud';
 
 /** What each configuration boots. Explicit throughout, so a reused guest matches exactly. */
 export const LAB_CONFIGS: Readonly<Record<LabConfig, LabUpOptions>> = {
   default: { paging: 5, memoryMiB: 1024, cpus: 1, processes: 16, accel: 'tcg' },
   '4level': { paging: 4, memoryMiB: 1024, cpus: 1, processes: 16, accel: 'tcg' },
+  /** vmlens_rootkit loaded after boot: a hidden process, a hidden module, a hooked syscall (LabInfo.rootkit). */
+  rootkit: { paging: 5, memoryMiB: 1024, cpus: 1, processes: 16, accel: 'tcg', rootkit: true },
+  /** Another kernel line (6.12 LTS: module memory in mem[], kallsyms laid out differently). */
+  k612: { kernel: 'linux-image-6.12-amd64', paging: 5, memoryMiB: 1024, cpus: 1, processes: 16, accel: 'tcg' },
+  /** Another flavour with a different config (cloud), on 4-level paging and two vCPUs. */
+  cloud: { kernel: 'linux-image-cloud-amd64', paging: 4, memoryMiB: 1024, cpus: 2, processes: 16, accel: 'tcg' },
 };
 
 export interface LabGuest {
@@ -72,12 +80,19 @@ export function labGuest(config: LabConfig = 'default'): Promise<LabGuest> {
   return g;
 }
 
+/** The initramfs a configuration boots with today (a rootkit guest's carries the module). */
+async function expectedInitramfs(config: LabConfig): Promise<string> {
+  const kernel = await ensureKernel(LAB_CONFIGS[config].kernel);
+  const extra = LAB_CONFIGS[config].rootkit ? rootkitInitramfsEntries(await buildRootkit(kernel.release)) : [];
+  return ensureInitramfs(kernel, extra).path;
+}
+
 async function startGuest(config: LabConfig): Promise<LabGuest> {
   const name = `${labPrefix()}-${config}`;
   const ownerPid = keepGuests() ? undefined : owner();
   const opts: LabUpOptions = { ...LAB_CONFIGS[config], name, ...(ownerPid !== undefined ? { ownerPid } : {}) };
   let info = await labUp(opts);
-  if (keepGuests() && info.initramfs !== ensureInitramfs(await ensureKernel()).path) {
+  if (keepGuests() && info.initramfs !== (await expectedInitramfs(config))) {
     // A kept guest from before the lab changed: start it afresh.
     await labDown(name);
     info = await labUp(opts);

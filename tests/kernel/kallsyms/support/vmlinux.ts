@@ -115,6 +115,32 @@ export class Vmlinux implements KernelImageReader {
     if (fromFile < dst.length) dst.fill(0, fromFile);
   }
 
+  /** Zero-copy where the range lies in one segment's file part, as a mapped source gives. */
+  readRange(va: bigint, len: number): Uint8Array {
+    const s = this.segmentFor(va, len);
+    if (s && va + BigInt(len) <= s.va + BigInt(s.filesz)) {
+      const off = s.offset + Number(va - s.va);
+      return this.data.subarray(off, off + len);
+    }
+    const out = new Uint8Array(len);
+    this.read(va, out);
+    return out;
+  }
+
+  /** Like read(), but bytes outside every segment read as zeros: physical memory around the image. */
+  readLoose(va: bigint, dst: Uint8Array): void {
+    dst.fill(0);
+    const end = va + BigInt(dst.length);
+    for (const s of this.segments) {
+      const from = va > s.va ? va : s.va;
+      const fileEnd = s.va + BigInt(s.filesz);
+      const to = end < fileEnd ? end : fileEnd;
+      if (from >= to) continue;
+      const src = s.offset + Number(from - s.va);
+      dst.set(this.data.subarray(src, src + Number(to - from)), Number(from - va));
+    }
+  }
+
   readString(va: bigint, max = 256): string {
     const buf = new Uint8Array(max);
     this.read(va, buf);
