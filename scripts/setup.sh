@@ -16,6 +16,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v xz >/dev/null || need+=(xz-utils)
+command -v tmux >/dev/null || need+=(tmux)
+command -v bpftool >/dev/null || need+=(bpftool)
 if [ ${#need[@]} -gt 0 ]; then
   echo "vmlens: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

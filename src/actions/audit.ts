@@ -127,12 +127,28 @@ export function appendAudit(input: AuditEntryInput, path: string = auditLogPath(
   };
   const line = `${JSON.stringify(entry)}\n`;
   try {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    ensureDirectory(dirname(path));
     appendFileSync(path, line, { mode: 0o600 });
   } catch (e) {
     throw new UsageError(`cannot write the audit log ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (set ${AUDIT_LOG_ENV} to another file)`);
   }
   return entry;
+}
+
+/**
+ * mkdir -p, one component at a time: Node's recursive mkdirSync can spin forever on some
+ * errors (under /proc, for one), and a bad path from the environment must fail, not hang.
+ */
+function ensureDirectory(dir: string, depth = 0): void {
+  if (existsSync(dir)) return;
+  if (depth > 64) throw Object.assign(new Error('path too deep'), { code: 'ENAMETOOLONG' });
+  const parent = dirname(dir);
+  if (parent !== dir) ensureDirectory(parent, depth + 1);
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
 }
 
 /**

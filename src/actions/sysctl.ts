@@ -54,8 +54,8 @@ export async function setSysctl(kernel: Kernel, name: string, value: string, opt
     plan: () => {
       const entry = findSysctl(kernel, name);
       entryName = entry.name;
-      oldValue = formatSysctl(kernel, entry);
       const plan = planSysctlWrite(kernel, entry, value);
+      oldValue = formatSysctl(kernel, entry);
       newValue = plan.display;
       return { writes: plan.writes, details: { sysctl: entry.name, old: oldValue, new: newValue, handler: entry.handlerName ?? null } };
     },

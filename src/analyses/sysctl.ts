@@ -39,9 +39,8 @@ const MAX_TABLE_INDEX = 65_536;
 /** Largest data buffer formatted (a vector of ints/longs, a string): the kernel's own reads stop at a page. */
 const MAX_DATA = 65_536;
 
+/** USER_HZ on x86: the unit of clock_t. */
 const USER_HZ = 100;
-const INT_MAX = 2 ** 31 - 1;
-const UINT_MAX = 2 ** 32 - 1;
 const ULONG_MAX = 2n ** 64n - 1n;
 
 /** Element type of a handler's data. */
@@ -177,7 +176,7 @@ export function findSysctl(k: Kernel, name: string): SysctlEntry {
   const tree = new SysctlTree(k);
   const found = tree.resolve(parts);
   if (!found) throw new UsageError(`unknown sysctl '${name}'`);
-  if (found.kind === 'dir') throw new UsageError(`sysctl '${name}' is a directory; use -a ${name} to list it`);
+  if (found.kind === 'dir') throw new UsageError(`sysctl '${name}' is a directory, not a value`);
   return tree.entryOf(found.ref, parts);
 }
 
@@ -468,8 +467,8 @@ export class Jiffies {
   /** jiffies_to_msecs: unsigned int result. */
   toMsecs(j: bigint): bigint {
     if (1000 % this.hz === 0) return ((BigInt(1000 / this.hz) * j) & 0xffff_ffffn);
-    // HZ 300: (j * HZ_TO_MSEC_NUM) / HZ_TO_MSEC_DEN with NUM/DEN = 10/3.
-    return ((j * 10n) / 3n) & 0xffff_ffffn;
+    // HZ 300: DIV_ROUND_UP(j * HZ_TO_MSEC_NUM, HZ_TO_MSEC_DEN) with NUM/DEN = 10/3.
+    return ((j * 10n + 2n) / 3n) & 0xffff_ffffn;
   }
 
   /** msecs_to_jiffies for m ≥ 0 (rounds up, as _msecs_to_jiffies does). */
@@ -582,5 +581,3 @@ export function readElements(space: Kernel['space'], data: bigint, element: Sysc
 export function decodeGuestString(bytes: Uint8Array): string {
   return new TextDecoder('utf-8').decode(bytes);
 }
-
-export const SYSCTL_LIMITS = { INT_MAX, UINT_MAX, ULONG_MAX } as const;

@@ -3,6 +3,7 @@ import type { Kernel } from '../kernel/kernel.ts';
 import { openKernel } from '../kernel/open.ts';
 import { pauseForCommand } from '../machine/pause.ts';
 import type { Machine } from '../machine/types.ts';
+import { readerFor } from '../mmu/from-vcpu.ts';
 import { UsageError } from '../util/errors.ts';
 import type { Warnings } from '../util/warnings.ts';
 import { toJson } from './render.ts';
@@ -18,9 +19,38 @@ export function globalOptions(cmd: Command): GlobalOptions {
   return cmd.optsWithGlobals<GlobalOptions>();
 }
 
-/** Open the target machine, run `fn`, always close it. */
+/**
+ * An open target shared by many commands (the interactive shell): the machine stays attached
+ * and the kernel's symbols, types and layout — which cannot change while the guest runs — are
+ * found once. Per-command state (warnings, the frozen flag of translations) is reset by each
+ * command.
+ */
+export interface Session {
+  readonly machine: Machine;
+  kernel?: Kernel;
+}
+
+let session: Session | undefined;
+
+/** Run the commands issued inside `fn` against one open target. */
+export function setSession(s: Session | undefined): void {
+  session = s;
+}
+
+export function currentSession(): Session | undefined {
+  return session;
+}
+
+/** Open the target machine (or take the session's), run `fn`, close what was opened. */
 export async function withMachine<T>(cmd: Command, fn: (machine: Machine, opts: GlobalOptions) => Promise<T>): Promise<T> {
   const opts = globalOptions(cmd);
+  if (session) {
+    try {
+      return await fn(session.machine, opts);
+    } finally {
+      await session.machine.releaseMonitor?.();
+    }
+  }
   const machine = await openTarget(opts);
   try {
     return await fn(machine, opts);
@@ -64,12 +94,23 @@ export function parseCount(text: string, what: string, max = Number.MAX_SAFE_INT
 export async function withKernel<T>(cmd: Command, fn: (kernel: Kernel, opts: GlobalOptions) => Promise<T> | T): Promise<T> {
   return withMachine(cmd, async (machine, opts) => {
     const paused = opts.consistent ? await pauseForCommand(machine) : undefined;
+    const frozen = paused !== undefined || !machine.live;
     try {
-      const kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: paused !== undefined || !machine.live });
+      let kernel: Kernel;
+      if (session?.kernel) {
+        kernel = session.kernel;
+        kernel.warnings.clear();
+        readerFor(machine).setFrozen(frozen);
+      } else {
+        kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen });
+        if (session) session.kernel = kernel;
+      }
       const result = await fn(kernel, opts);
       reportWarnings(kernel.warnings);
       return result;
     } finally {
+      // Translations cached while the guest stood still must be validated once it runs again.
+      if (machine.live) readerFor(machine).setFrozen(false);
       if (paused) await paused.resume();
     }
   });

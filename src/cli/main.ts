@@ -21,8 +21,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--consistent', 'pause the guest for the duration of the command'))
     .addOption(new Option('--json', 'machine-readable output'))
     .addOption(new Option('--debug', 'show stack traces of errors'))
-    .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ outputError: (str, write) => write(str) });
+    // Usage errors are one line, in the same voice as every other error.
+    .configureOutput({ outputError: (str, write) => write(`vmlens: ${str.replace(/^error: /, '')}`) });
   program.exitOverride();
   for (const m of commandModules) m.register(program);
   return program;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
@@ -40,18 +40,35 @@ export interface Initramfs {
   readonly size: number;
 }
 
-/** The initramfs for `kernel`, from the cache or freshly written there. */
-export function ensureInitramfs(kernel: CachedKernel): Initramfs {
-  const archive = buildCpio(initramfsEntries(kernel));
+/** The initramfs for `kernel` (plus `extra` files), from the cache or freshly written there. */
+export function ensureInitramfs(kernel: CachedKernel, extra: readonly CpioEntry[] = []): Initramfs {
+  const archive = buildCpio([...initramfsEntries(kernel), ...extra]);
   const hash = createHash('sha256').update(archive).digest('hex').slice(0, 24);
   const dir = ensureDir(join(cacheDir(), 'initramfs'));
   const path = join(dir, `${hash}.cpio.gz`);
-  if (!existsSync(path)) {
+  if (existsSync(path)) {
+    // Mark it as recently used, so that pruning keeps it.
+    const now = new Date();
+    utimesSync(path, now, now);
+  } else {
     const tmp = `${path}.${process.pid}.tmp`;
     writeFileSync(tmp, gzipSync(archive, { level: 9 }));
     renameSync(tmp, path);
+    pruneCache(dir);
   }
   return { path, hash, size: statSync(path).size };
+}
+
+/** Images kept in the cache: each lab or kernel change makes a new one. */
+const KEEP_IMAGES = 8;
+
+/** Drop all but the most recently used images (running guests hold theirs in memory). */
+function pruneCache(dir: string): void {
+  const images = readdirSync(dir)
+    .filter((f) => f.endsWith('.cpio.gz'))
+    .map((f) => ({ path: join(dir, f), used: statSync(join(dir, f)).mtimeMs }))
+    .sort((a, b) => b.used - a.used);
+  for (const old of images.slice(KEEP_IMAGES)) rmSync(old.path, { force: true });
 }
 
 /** Every file of the guest's root file system, parents before children. */

@@ -235,7 +235,9 @@ export function moduleKey(name: string): string {
 
 async function downloadKernel(pkg: string, dir: string, wanted: readonly string[], progress: Progress): Promise<void> {
   const root = join(dir, '..');
-  const work = mkdtempSync(join(root, `.unpack-${pkg}-`));
+  // An unpacked package is some 400 MB: drop what an interrupted run left (we hold the lock).
+  for (const f of readdirSync(root)) if (f.startsWith(`.unpack-${pkg}@`)) rmSync(join(root, f), { recursive: true, force: true });
+  const work = mkdtempSync(join(root, `.unpack-${pkg}@`));
   try {
     const tty = process.stderr.isTTY === true;
     progress.phase(`downloading ${pkg}`);

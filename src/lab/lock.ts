@@ -1,4 +1,4 @@
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, rmSync, statSync } from 'node:fs';
 import koffi from 'koffi';
 import { TargetError } from '../util/errors.ts';
 
@@ -29,9 +29,17 @@ function flock(): FlockFn {
  * `timeoutMs`, naming `what` is being waited for.
  */
 export async function acquireLock(path: string, what: string, timeoutMs: number): Promise<() => void> {
-  const fd = openSync(path, 'a', 0o644);
   const deadline = Date.now() + timeoutMs;
-  while (flock()(fd, LOCK_EX | LOCK_NB) !== 0) {
+  let fd = openSync(path, 'a', 0o644);
+  for (;;) {
+    if (flock()(fd, LOCK_EX | LOCK_NB) === 0) {
+      // The holder before us may have removed the file (see removeLockFile): then we locked a
+      // file nobody else will see, and must lock the one now at `path` instead.
+      if (sameFile(fd, path)) break;
+      closeSync(fd);
+      fd = openSync(path, 'a', 0o644);
+      continue;
+    }
     if (Date.now() > deadline) {
       closeSync(fd);
       throw new TargetError(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what} (lock ${path})`);
@@ -44,6 +52,24 @@ export async function acquireLock(path: string, what: string, timeoutMs: number)
     if (held) closeSync(fd);
     held = false;
   };
+}
+
+function sameFile(fd: number, path: string): boolean {
+  try {
+    const a = fstatSync(fd);
+    const b = statSync(path);
+    return a.ino === b.ino && a.dev === b.dev;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Remove a lock file that has no further use; only while holding its lock. Waiters notice
+ * (acquireLock checks the file is still the one at the path) and lock a fresh file.
+ */
+export function removeLockFile(path: string): void {
+  rmSync(path, { force: true });
 }
 
 /** Run `fn` holding the lock on `path`. */

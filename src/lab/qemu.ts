@@ -105,6 +105,8 @@ export interface BootReport {
   readonly processes: LabProcess[];
   readonly errors: string[];
   readonly bootMs: number;
+  /** The last console lines, ready to append to a message. */
+  readonly consoleTail: string;
 }
 
 /** Console text kept for error messages. */
@@ -116,12 +118,19 @@ const TAIL_LINES = 25;
  * collecting what it reports on the way. Fails (with the end of the console in the message)
  * when QEMU exits, the console goes away, or `timeoutMs` passes.
  */
-export function watchBoot(consoleSocket: string, qemuPid: number, nonce: string, timeoutMs: number, startedAt: number): Promise<BootReport> {
+export function watchBoot(
+  consoleSocket: string,
+  qemuPid: number,
+  nonce: string,
+  timeoutMs: number,
+  startedAt: number,
+  onInitStarted: () => void = () => undefined,
+): Promise<BootReport> {
   return new Promise((resolve, reject) => {
     let text = '';
     let socket: Socket | undefined;
     let settled = false;
-    const report: BootReport = { modules: [], processes: [], errors: [], bootMs: 0 };
+    const report = { modules: [] as string[], processes: [] as LabProcess[], errors: [] as string[] };
     const marker = `VMLENS-LAB-READY ${nonce}`;
     const finish = (err?: string) => {
       if (settled) return;
@@ -130,13 +139,14 @@ export function watchBoot(consoleSocket: string, qemuPid: number, nonce: string,
       clearTimeout(timer);
       socket?.destroy();
       if (err) reject(new TargetError(`${err}${consoleTail(text)}`));
-      else resolve({ ...report, bootMs: Date.now() - startedAt });
+      else resolve({ ...report, bootMs: Date.now() - startedAt, consoleTail: consoleTail(text) });
     };
     const poll = setInterval(() => {
       if (!isAlive(qemuPid)) finish('QEMU exited during boot');
     }, 250);
     const timer = setTimeout(() => finish(`guest not ready after ${Math.round(timeoutMs / 1000)} s`), timeoutMs);
     let parsed = 0;
+    let initStarted = false;
     const onText = (chunk: string) => {
       text += chunk;
       // Parse complete lines only; the marker line may arrive in pieces.
@@ -144,7 +154,11 @@ export function watchBoot(consoleSocket: string, qemuPid: number, nonce: string,
       if (lastNl >= parsed) {
         for (const line of text.slice(parsed, lastNl).split('\n')) {
           const l = line.replace(/\r$/, '');
-          if (l.startsWith('vmlens-lab: ')) parseReport(l.slice(12), report);
+          if (l.startsWith('vmlens-lab: ')) {
+            if (!initStarted) onInitStarted();
+            initStarted = true;
+            parseReport(l.slice(12), report);
+          }
           if (l.trim() === marker) return finish();
         }
         parsed = lastNl + 1;
@@ -174,7 +188,7 @@ export function watchBoot(consoleSocket: string, qemuPid: number, nonce: string,
   });
 }
 
-function parseReport(line: string, report: BootReport): void {
+function parseReport(line: string, report: Pick<BootReport, 'modules' | 'processes' | 'errors'>): void {
   const words = line.trim().split(/\s+/);
   if (words[0] === 'module' && words[1]) report.modules.push(words[1]);
   else if (words[0] === 'process' && words.length >= 5) {
@@ -195,8 +209,11 @@ function consoleTail(text: string): string {
  */
 export async function stopQemu(pid: number, labQmpSocket: string): Promise<void> {
   if (!isAlive(pid)) return;
-  await qmpExecute(labQmpSocket, 'quit', undefined, 3000).catch(() => undefined);
-  if (await exited(pid, 5000)) return;
+  const quitting = await qmpExecute(labQmpSocket, 'quit', undefined, 3000).then(
+    () => true,
+    () => false,
+  );
+  if (quitting && (await exited(pid, 5000))) return;
   signal(pid, 'SIGTERM');
   if (await exited(pid, 5000)) return;
   signal(pid, 'SIGKILL');

@@ -55,6 +55,9 @@ export function labPaths(name: string): LabPaths {
     pidFile: join(dir, 'qemu.pid'),
     ramFile: join(ramDir(), `vmlens-${name}.ram`),
   };
+  if (Object.values(paths).some((p) => p.includes(','))) {
+    throw new UsageError(`lab paths must not contain commas (QEMU option syntax): ${root}, ${ramDir()}`);
+  }
   if (Buffer.byteLength(paths.labQmpSocket) > MAX_SOCKET_PATH) {
     throw new UsageError(`lab runtime directory ${root} is too long for unix socket paths; set VMLENS_RUNTIME_DIR to a shorter one`);
   }
@@ -100,6 +103,19 @@ export function isQemuOf(pid: number, ramFile: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Every QEMU whose command line names this RAM file, whatever lab.json says: a guest whose
+ * state was lost (or a `lab up` killed between starting QEMU and recording it) is still found.
+ */
+export function qemuPidsUsing(ramFile: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (Number.isInteger(pid) && pid > 0 && isQemuOf(pid, ramFile) && isAlive(pid)) pids.push(pid);
+  }
+  return pids;
 }
 
 /** Whether a process exists and has not exited (a zombie waiting to be reaped has). */

@@ -59,6 +59,30 @@ export interface LabInfo {
   readonly labQmpSocket: string;
   /** A process whose exit makes this guest disposable (set by the test harness). */
   readonly ownerPid?: number;
+  /** What vmlens_rootkit changed, when the guest was started with it (`lab up --rootkit`). */
+  readonly rootkit?: LabRootkit;
+}
+
+/**
+ * Ground truth of a rootkit guest, from the module's own log line (addresses as 0x… strings:
+ * lab.json is JSON). The hidden process is in neither `processes` nor the guest's ps; the
+ * module is in neither `modules` nor /proc/modules.
+ */
+export interface LabRootkit {
+  readonly module: string;
+  readonly structModule: string;
+  readonly hiddenProcess: { readonly pid: number; readonly comm: string; readonly task: string };
+  readonly hook: {
+    readonly syscall: number;
+    readonly sysCallTable: string;
+    /** The kernel's handler the entry held, and its symbol. */
+    readonly original: string;
+    readonly originalSymbol: string;
+    /** The module's function the entry now holds. */
+    readonly handler: string;
+  };
+  /** How this kernel dispatches system calls (see RootkitLoadRecord). */
+  readonly dispatch: 'x64_sys_call' | 'sys_call_table';
 }
 
 export interface LabUpOptions {
@@ -78,4 +102,6 @@ export interface LabUpOptions {
   /** Phase lines; default: on stderr when it is a terminal. */
   readonly progress?: Progress;
   readonly ownerPid?: number;
+  /** Build vmlens_rootkit for the guest's kernel and load it after boot (see LabInfo.rootkit). */
+  readonly rootkit?: boolean;
 }

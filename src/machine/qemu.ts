@@ -13,7 +13,7 @@ import type { Warnings } from '../util/warnings.ts';
 import { parseInfoRegisters } from './hmp-registers.ts';
 import { type FlatRange, largestRamRegion, parseFlatView, regionExtents } from './mtree.ts';
 import { findQemuProcess, type QemuProcess, sharedMappingOf } from './qemu-process.ts';
-import { QmpClient, QmpError } from './qmp.ts';
+import { QmpClient, QmpError, QmpLink } from './qmp.ts';
 import type { Machine, VcpuState } from './types.ts';
 import { mergeHmpAndNote } from './vcpu-state.ts';
 
@@ -77,7 +77,8 @@ export class QemuMachine implements Machine {
   private closed = false;
 
   constructor(
-    readonly qmp: QmpClient,
+    /** QEMU's monitor, connected on demand (see QmpLink). */
+    readonly qmp: QmpLink,
     readonly memory: PhysicalMemory,
     readonly name: string,
     readonly backend: RamBackend,
@@ -116,12 +117,24 @@ export class QemuMachine implements Machine {
     return status.running !== true;
   }
 
+  /**
+   * Let go of the QMP monitor while keeping guest memory readable: QEMU serves one QMP client at
+   * a time, so a long reader of memory (ps --watch, the shell) would otherwise lock every other
+   * tool out of the guest. The next call that needs the monitor connects again. False, and
+   * nothing done, while the monitor must stay ours: to stop a gdbstub this machine started.
+   */
+  async releaseMonitor(): Promise<boolean> {
+    if (startedGdbStubs.has(this.memory)) return false;
+    await this.qmp.release();
+    return true;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.memory.close();
-    // The gdbstub was started for this machine: stop it again.
-    if (this.memory.kind === 'gdb') await this.qmp.hmp('gdbserver none').catch(() => undefined);
+    // A gdbstub started for this machine is stopped again; one QEMU already had is left alone.
+    if (startedGdbStubs.has(this.memory)) await this.qmp.hmp('gdbserver none').catch(() => undefined);
     await this.qmp.close();
   }
 
@@ -227,13 +240,52 @@ function freeLoopbackPort(): Promise<number> {
   });
 }
 
-/** Start a gdbstub in QEMU on a loopback port and read guest RAM through it. */
+/** gdbstubs vmlens started itself (and so stops again on close), as opposed to one QEMU already had. */
+const startedGdbStubs = new WeakSet<PhysicalMemory>();
+
+/**
+ * The TCP gdbstub QEMU already serves (`-gdb tcp:…` or an earlier `gdbserver`), from its
+ * chardev, which QEMU labels "gdb". QEMU 7.2 refuses a second one ("duplicate yank instance"),
+ * so an existing stub is used rather than replaced. Undefined when there is none.
+ */
+async function existingGdbStub(qmp: QmpClient): Promise<{ host: string; port: number; connected: boolean } | undefined> {
+  let chardevs: unknown;
+  try {
+    chardevs = await qmp.execute('query-chardev');
+  } catch (e) {
+    if (e instanceof QmpError) return undefined;
+    throw e;
+  }
+  if (!Array.isArray(chardevs)) return undefined;
+  for (const c of chardevs as { label?: unknown; filename?: unknown }[]) {
+    if (c.label !== 'gdb' || typeof c.filename !== 'string') continue;
+    // e.g. "disconnected:tcp:127.0.0.1:34193,server=on" or "tcp::1234,server=on"
+    const m = /^(disconnected:)?tcp:([^,]*):(\d+)(,|$)/.exec(c.filename);
+    if (!m) continue;
+    const host = m[2] === '' || m[2] === '0.0.0.0' || m[2] === '::' ? '127.0.0.1' : m[2]!;
+    return { host, port: Number(m[3]), connected: m[1] === undefined };
+  }
+  return undefined;
+}
+
+/**
+ * Read guest RAM through QEMU's gdbstub: the one QEMU already serves, or one started on a
+ * free loopback port (and stopped again when the machine is closed).
+ */
 async function openGdbSource(qmp: QmpClient, layout: readonly Extent[], writable: boolean | 'auto'): Promise<PhysicalMemory> {
+  const ranges = rangesOf(layout);
+  const existing = await existingGdbStub(qmp);
+  if (existing) {
+    if (existing.connected) throw new TargetError(`QEMU's gdbstub at ${existing.host}:${existing.port} is in use by another debugger`);
+    return GdbPhysicalMemory.open(existing.host, existing.port, { ranges, writable: writable !== false });
+  }
   const port = await freeLoopbackPort();
   const reply = await qmp.hmp(`gdbserver tcp:127.0.0.1:${port}`);
   if (!/Waiting for gdb connection/i.test(reply)) throw new TargetError(`QEMU did not start a gdbstub: ${reply.trim()}`);
   try {
-    return GdbPhysicalMemory.open('127.0.0.1', port, { ranges: rangesOf(layout), writable: writable !== false });
+    const memory = GdbPhysicalMemory.open('127.0.0.1', port, { ranges, writable: writable !== false });
+    startedGdbStubs.add(memory);
+    return memory;
   } catch (e) {
     await qmp.hmp('gdbserver none').catch(() => undefined);
     throw e;
@@ -300,7 +352,7 @@ export async function attachQemu(qmpPath: string, opts: AttachOptions = {}): Pro
     if (layout.length === 0) throw new TargetError(`${qmpPath}: the guest sees none of ${backend.path} as RAM`);
     const process = await findQemuProcess(qmp);
     const memory = await openLiveMemory(qmp, want, backend, layout, process, opts.writable ?? 'auto');
-    return new QemuMachine(qmp, memory, opts.name ?? qmpPath, backend, layout, process, opts.warnings);
+    return new QemuMachine(new QmpLink(qmpPath, { timeoutMs: opts.timeoutMs }, qmp), memory, opts.name ?? qmpPath, backend, layout, process, opts.warnings);
   } catch (e) {
     await qmp.close();
     throw e;

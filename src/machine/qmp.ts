@@ -79,7 +79,7 @@ export class QmpClient {
   /** Connect, read the greeting and leave negotiation mode (`qmp_capabilities`). */
   static async connect(path: string, opts: QmpConnectOptions = {}): Promise<QmpClient> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const { socket, greeting, rest } = await openAndGreet(path, timeoutMs);
+    const { socket, greeting, rest } = await openWhenFree(path, timeoutMs);
     const client = new QmpClient(socket, path, greeting, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
     client.attach(rest);
     await client.execute('qmp_capabilities', undefined, { timeoutMs });
@@ -224,13 +224,40 @@ export class QmpClient {
   }
 }
 
+/** How long a command waits for a monitor another client holds. */
+const MONITOR_BUSY_WAIT_MS = 30_000;
+const BUSY = 'monitor busy';
+
 const CONNECT_ERRORS: Record<string, string> = {
+  EAGAIN: BUSY,
   ENOENT: 'no such socket',
   ECONNREFUSED: 'nothing is listening (QEMU gone?)',
   ENOTSOCK: 'not a socket',
   EACCES: 'permission denied',
   EPERM: 'permission denied',
 };
+
+/**
+ * QEMU serves one QMP client per monitor at a time; while another holds it, a connection is
+ * refused with EAGAIN (the listen backlog is full). Wait for the monitor to be free, a bounded
+ * time, rather than fail a command because another tool is briefly talking to QEMU.
+ */
+async function openWhenFree(path: string, timeoutMs: number): Promise<{ socket: Socket; greeting: QmpGreeting; rest: Buffer }> {
+  const deadline = Date.now() + MONITOR_BUSY_WAIT_MS;
+  for (let delay = 20; ; delay = Math.min(delay * 2, 500)) {
+    try {
+      return await openAndGreet(path, timeoutMs);
+    } catch (e) {
+      if (!(e instanceof TargetError) || !e.message.endsWith(BUSY) || Date.now() + delay > deadline) {
+        if (e instanceof TargetError && e.message.endsWith(BUSY)) {
+          throw new TargetError(`${path}: the QMP monitor stayed busy for ${MONITOR_BUSY_WAIT_MS / 1000} s (another client holds it)`);
+        }
+        throw e;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}
 
 /** Connect and read the first line: it must be QMP's greeting. */
 function openAndGreet(path: string, timeoutMs: number): Promise<{ socket: Socket; greeting: QmpGreeting; rest: Buffer }> {
@@ -295,4 +322,53 @@ function parseGreeting(line: string): QmpGreeting | undefined {
     },
     capabilities: Array.isArray(q.capabilities) ? q.capabilities.filter((c): c is string => typeof c === 'string') : [],
   };
+}
+
+/**
+ * A QMP monitor used on demand: connected when a command needs it, let go with `release()` so
+ * that other tools (and other vmlens commands) can reach a monitor QEMU serves to one client at
+ * a time. A long-lived user — the shell, `ps --watch` — releases it between commands.
+ */
+export class QmpLink {
+  private client: QmpClient | undefined;
+  private connecting: Promise<QmpClient> | undefined;
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    private readonly opts: QmpConnectOptions = {},
+    client?: QmpClient,
+  ) {
+    this.client = client;
+  }
+
+  private async connected(): Promise<QmpClient> {
+    if (this.closed) throw new TargetError(`${this.path}: the QMP link is closed`);
+    if (this.client && !this.client.closed) return this.client;
+    this.connecting ??= QmpClient.connect(this.path, this.opts).finally(() => {
+      this.connecting = undefined;
+    });
+    this.client = await this.connecting;
+    return this.client;
+  }
+
+  async execute<T = unknown>(command: string, args?: Readonly<Record<string, unknown>>, opts?: QmpCommandOptions): Promise<T> {
+    return (await this.connected()).execute<T>(command, args, opts);
+  }
+
+  async hmp(commandLine: string, opts?: QmpCommandOptions): Promise<string> {
+    return (await this.connected()).hmp(commandLine, opts);
+  }
+
+  /** Disconnect for now; the next command connects again. */
+  async release(): Promise<void> {
+    const c = this.client;
+    this.client = undefined;
+    await c?.close();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.release();
+  }
 }

@@ -54,5 +54,10 @@ export interface Machine {
   resume?(): Promise<void>;
   /** Whether the vCPUs are currently stopped (dumps: always true). */
   isPaused(): Promise<boolean>;
+  /**
+   * Let go of control channels (a QMP monitor QEMU serves to one client at a time) between
+   * commands; they reconnect when next needed. Absent where there is nothing to let go.
+   */
+  releaseMonitor?(): Promise<boolean>;
   close(): Promise<void>;
 }

@@ -85,7 +85,6 @@ export interface TranslationReport {
   readonly fault: { readonly level: number; readonly reason: string } | null;
 }
 
-
 export class AddressSpace {
   readonly reader: PhysReader;
   readonly format: PagingFormat;
@@ -128,16 +127,21 @@ export class AddressSpace {
   //   the same, the walk reads the same addresses, gets the same values, and reaches the same
   //   result — so the cached result is exactly what a fresh walk would give now. If one differs,
   //   the cache walks afresh.
+  // Faults are never cached: an unmapped page is walked again on every access.
   private tlbOn = false;
   private readonly tlbShift: number = 31;
   /** hi >> signShift is 0 or -1 exactly for canonical addresses (bits 47 or 56 … 63 equal). */
   private readonly signShift: number = 15;
   /** Per slot: [key, physical page], side by side so a lookup touches one cache line. */
   private readonly tlb: Float64Array;
-  /** Per slot: the walk's entries (5 × [entry address f64, value lo u32, value hi u32]), one buffer seen two ways. */
-  private readonly tlbPath64: Float64Array;
-  private readonly tlbPath32: Uint32Array;
-  private readonly tlbDepth: Uint8Array;
+  /**
+   * Per slot: the walk's entries (5 × [entry address f64, value lo u32, value hi u32]), one
+   * buffer seen two ways, and how many. Allocated on the first fill: spaces made to probe a
+   * candidate root and dropped never pay for them.
+   */
+  private tlbPath64 = new Float64Array(0);
+  private tlbPath32 = new Uint32Array(0);
+  private tlbDepth = new Uint8Array(0);
   private epoch = 0;
   private frozen = false;
 
@@ -159,10 +163,6 @@ export class AddressSpace {
     const size = Math.max(2, want === 0 ? 2 : 1 << Math.ceil(Math.log2(want)));
     this.tlbShift = 32 - Math.log2(size);
     this.tlb = new Float64Array(size * 2);
-    const path = new ArrayBuffer(size * 5 * 16);
-    this.tlbPath64 = new Float64Array(path);
-    this.tlbPath32 = new Uint32Array(path);
-    this.tlbDepth = new Uint8Array(size);
     this.flush();
     this.epoch = this.reader.epoch;
     this.frozen = this.reader.frozen;
@@ -369,11 +369,19 @@ export class AddressSpace {
     const p32 = this.tlbPath32;
     for (let k = 0; k < d; k++) {
       const e = base + k; // entry k of the slot: f64 index 2e, u32 indexes 4e+2, 4e+3
-      if (!r.tryU64(p64[2 * e]!)) return false;
+      if (!r.tryU64At(p64, 2 * e)) return false;
       // Accessed (bit 5) and Dirty (bit 6) are ignored: the CPU sets them as it runs, a walk never looks.
       if (((r.lo ^ p32[4 * e + 2]!) & ~0x60) !== 0 || r.hi !== p32[4 * e + 3]!) return false;
     }
     return true;
+  }
+
+  private allocatePaths(): void {
+    const size = this.tlb.length / 2;
+    const path = new ArrayBuffer(size * 5 * 16);
+    this.tlbPath64 = new Float64Array(path);
+    this.tlbPath32 = new Uint32Array(path);
+    this.tlbDepth = new Uint8Array(size);
   }
 
   private nonCanonical(): number {
@@ -391,6 +399,7 @@ export class AddressSpace {
       return false;
     }
     if (this.tlbOn) {
+      if (this.tlbDepth.length === 0) this.allocatePaths();
       this.tlb[2 * slot] = (hi >>> 0) * 1048576 + vpn;
       this.tlb[2 * slot + 1] = w.pagePa;
       const d = w.depth;

@@ -88,13 +88,6 @@ export function pagingLevels(vcpu: Pick<VcpuState, 'cr0' | 'cr4' | 'efer'>): 4 |
   throw new UsageError(`vCPU paging mode is ${mode}; only 4- and 5-level long mode are supported`);
 }
 
-/** The 9-bit table index of (hi, lo) for a level starting at `shift` (12 … 48). */
-export function tableIndex(hi: number, lo: number, shift: number): number {
-  if (shift >= 32) return (hi >>> (shift - 32)) & 511;
-  if (shift > 23) return ((hi << (32 - shift)) | (lo >>> shift)) & 511;
-  return (lo >>> shift) & 511;
-}
-
 export interface WalkerOptions {
   /**
    * MAXPHYADDR of the guest CPU: entry address bits at and above it are reserved (a fault, as on
@@ -178,11 +171,10 @@ export class PageWalker {
       // Index bits start at VA bit `shift`: bit (shift - 12) of the page number.
       const s = this.shifts[i]! - 12;
       const index = s >= 20 ? (hi >>> (s - 20)) & 511 : s > 11 ? ((hi << (20 - s)) | (vpnLo >>> s)) & 511 : (vpnLo >>> s) & 511;
-      const entryPa = table + index * 8;
-      if (!reader.tryU64(entryPa)) return this.fault(this.levelNo[i]!, FAULT_TABLE_NOT_RAM);
+      this.pathPa[i] = table + index * 8;
+      if (!reader.tryU64At(this.pathPa, i)) return this.fault(this.levelNo[i]!, FAULT_TABLE_NOT_RAM);
       const elo = reader.lo;
       const ehi = reader.hi;
-      this.pathPa[i] = entryPa;
       this.pathLo[i] = elo;
       this.pathHi[i] = ehi;
       this.depth = i + 1;

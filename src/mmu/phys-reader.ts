@@ -20,6 +20,13 @@ import type { PhysicalMemory, PhysRange } from '../source/types.ts';
 import { DOUBLE_ZERO } from './va.ts';
 
 const PAGE = 4096;
+/**
+ * Offset in page = gpa & PAGE_MASK. Exact for any address below 2^53 (& works on the low 32 bits
+ * of the integer), and unlike %, which V8 does with a call to fmod for numbers above 2^31, cheap.
+ */
+const PAGE_MASK = 4095;
+/** Associativity of the page cache. */
+const CACHE_WAYS = 4;
 
 /**
  * A readable run of bytes: a source window, or one page slot of the page cache. `start` is the
@@ -89,10 +96,14 @@ export class PhysReader {
   private readonly arg = new Float64Array(1);
   private lastRange = 0;
 
-  // Page cache: direct-mapped, `slots` pages of one buffer; tags hold the page's gpa or -1.
+  // Page cache: CACHE_WAYS-way set-associative, least recently used page of a set evicted.
+  // Per slot: the page's gpa (or -1), its span, and when it was last used.
   private readonly cacheCapacity: number = 0;
   private cacheTags: Float64Array | null = null;
+  private cacheUsed = new Float64Array(0);
   private cacheSpans: Span[] = [];
+  private cacheClock = 0;
+  /** Shift of the 32-bit hash that leaves the set number. */
   private readonly cacheShift: number = 31;
 
   private readonly scratch = new Uint8Array(8);
@@ -114,9 +125,9 @@ export class PhysReader {
     this.tableSpan = this.span;
     const pages = options.cachePages ?? 4096;
     if (!Number.isInteger(pages) || pages < 0 || pages > 1 << 20) throw new UsageError(`page cache size must be 0 … ${1 << 20} pages, not ${pages}`);
-    // At least two slots, so the slot hash shifts by less than 32 (JavaScript masks shift counts).
-    this.cacheCapacity = pages === 0 ? 0 : Math.max(2, 1 << Math.ceil(Math.log2(pages)));
-    this.cacheShift = 32 - Math.log2(Math.max(2, this.cacheCapacity));
+    // At least two sets, so the hash shifts by less than 32 (JavaScript masks shift counts).
+    this.cacheCapacity = pages === 0 ? 0 : Math.max(2 * CACHE_WAYS, 1 << Math.ceil(Math.log2(pages)));
+    this.cacheShift = 32 - Math.log2(Math.max(2, this.cacheCapacity / CACHE_WAYS));
   }
 
   get frozen(): boolean {
@@ -141,7 +152,10 @@ export class PhysReader {
   /** Guest memory may have changed: drop cached pages and advance `epoch`. */
   invalidate(): void {
     this.epoch++;
-    if (this.cacheTags) this.cacheTags.fill(-1);
+    if (this.cacheTags) {
+      this.cacheTags.fill(-1);
+      this.cacheUsed.fill(0);
+    }
     if (!this.isWindow(this.span)) this.span = emptySpan();
     if (!this.isWindow(this.tableSpan)) this.tableSpan = emptySpan();
   }
@@ -185,6 +199,18 @@ export class PhysReader {
    * span, so walks and data reads in different windows do not evict each other's.
    */
   tryU64(gpa: number): boolean {
+    this.arg[0] = gpa;
+    return this.tryU64At(this.arg, 0);
+  }
+
+  /**
+   * `tryU64` of the address `addrs[index]`. Its arguments are an object and a small integer,
+   * which V8 passes without allocating even when the call is not inlined (an address above 2^30
+   * would be boxed): the page walker and the translation cache keep entry addresses in
+   * Float64Arrays and read them through this.
+   */
+  tryU64At(addrs: Float64Array, index: number): boolean {
+    const gpa = addrs[index]!;
     const s = this.tableSpan;
     const off = gpa - s.start;
     if (off >= 0 && off + 8 <= s.size && (off & 3) === 0) {
@@ -240,7 +266,7 @@ export class PhysReader {
     const reqs: PhysReadRequest[] = [];
     for (let done = 0; done < n; ) {
       const a = gpa + done;
-      const len = Math.min(n - done, PAGE - (a % PAGE));
+      const len = Math.min(n - done, PAGE - (a & PAGE_MASK));
       reqs.push({ gpa: a, dst: dst.subarray(done, done + len) });
       done += len;
     }
@@ -266,7 +292,7 @@ export class PhysReader {
     const pending: PhysReadRequest[] = [];
     for (const r of requests) {
       if (r.dst.length === 0) continue;
-      const page = r.gpa - (r.gpa % PAGE);
+      const page = r.gpa - (r.gpa & PAGE_MASK);
       if (r.gpa + r.dst.length > page + PAGE || !this.isRam(page, PAGE)) {
         this.readPieces(r.gpa, r.dst);
         continue;
@@ -282,7 +308,7 @@ export class PhysReader {
     this.sourceReadMany([...misses].map(([gpa, dst]) => ({ gpa, dst })));
     for (const [page, bytes] of misses) this.installPage(page, bytes);
     for (const r of pending) {
-      const page = r.gpa - (r.gpa % PAGE);
+      const page = r.gpa - (r.gpa & PAGE_MASK);
       r.dst.set(misses.get(page)!.subarray(r.gpa - page, r.gpa - page + r.dst.length));
     }
   }
@@ -390,15 +416,11 @@ export class PhysReader {
       return w !== null && gpa + n <= w.start + w.size ? w : null;
     }
     if (!this.frozenFlag || this.cacheCapacity === 0) return null;
-    const pageOff = gpa % PAGE;
+    const pageOff = gpa & PAGE_MASK;
     if (pageOff + n > PAGE) return null;
     const page = gpa - pageOff;
-    const tags = this.cacheTags;
-    if (tags !== null) {
-      const pfn = page / PAGE;
-      const slot = Math.imul((pfn >>> 0) ^ Math.floor(pfn / 4294967296), 0x9e3779b1) >>> this.cacheShift;
-      if (tags[slot] === page) return this.cacheSpans[slot]!;
-    }
+    const cached = this.cachedPage(page);
+    if (cached !== null) return cached;
     if (!this.isRam(page, PAGE)) return null;
     return this.fillPage(page);
   }
@@ -439,7 +461,7 @@ export class PhysReader {
   /** Whether n bytes at gpa start in a window or cacheable page and run past its end. */
   private splitsAcrossSpans(gpa: number, n: number): boolean {
     if (this.windowFor(gpa)) return true;
-    return this.useCache() && gpa % PAGE > PAGE - n;
+    return this.useCache() && (gpa & PAGE_MASK) > PAGE - n;
   }
 
   /** Read across windows and holes piece by piece, so a hole is reported at its own address. */
@@ -452,7 +474,7 @@ export class PhysReader {
         len = Math.min(dst.length - done, w.start + w.size - a);
         dst.set(w.u8.subarray(a - w.start, a - w.start + len), done);
       } else {
-        len = Math.min(dst.length - done, PAGE - (a % PAGE));
+        len = Math.min(dst.length - done, PAGE - (a & PAGE_MASK));
         this.memory.read(a, dst.subarray(done, done + len));
       }
       done += len;
@@ -503,17 +525,24 @@ export class PhysReader {
     return this.frozenFlag && this.cacheCapacity > 0;
   }
 
-  private slotOf(page: number): number {
+  /** First slot of the set `page` belongs to. */
+  private setOf(page: number): number {
     const pfn = page / PAGE;
-    // Multiplicative hash of the frame number (both 32-bit halves) picks the slot.
-    return Math.imul((pfn >>> 0) ^ Math.floor(pfn / 4294967296), 0x9e3779b1) >>> this.cacheShift;
+    // Multiplicative hash of the frame number (both 32-bit halves) picks the set.
+    return (Math.imul((pfn >>> 0) ^ Math.floor(pfn / 4294967296), 0x9e3779b1) >>> this.cacheShift) * CACHE_WAYS;
   }
 
   private cachedPage(page: number): Span | null {
     const tags = this.cacheTags;
     if (!tags) return null;
-    const slot = this.slotOf(page);
-    return tags[slot] === page ? this.cacheSpans[slot]! : null;
+    const first = this.setOf(page);
+    for (let i = first; i < first + CACHE_WAYS; i++) {
+      if (tags[i] === page) {
+        this.cacheUsed[i] = ++this.cacheClock;
+        return this.cacheSpans[i]!;
+      }
+    }
+    return null;
   }
 
   private fillPage(page: number): Span {
@@ -522,12 +551,29 @@ export class PhysReader {
     return this.installPage(page, buf);
   }
 
+  /** When a slot was last used; the spans serving the fast paths count as in use now (their hits are not timed). */
+  private lastUse(slot: number): number {
+    const span = this.cacheSpans[slot];
+    return span !== undefined && (span === this.span || span === this.tableSpan) ? Infinity : this.cacheUsed[slot]!;
+  }
+
   private installPage(page: number, bytes: Uint8Array): Span {
     if (!this.cacheTags) {
       this.cacheTags = new Float64Array(this.cacheCapacity).fill(-1);
+      this.cacheUsed = new Float64Array(this.cacheCapacity);
       this.cacheSpans = new Array<Span>(this.cacheCapacity);
     }
-    const slot = this.slotOf(page);
+    // The slot of this page if cached already (a batch may fetch it twice), else the set's least
+    // recently used slot (empty slots have time 0).
+    const first = this.setOf(page);
+    let slot = first;
+    for (let i = first; i < first + CACHE_WAYS; i++) {
+      if (this.cacheTags[i] === page) {
+        slot = i;
+        break;
+      }
+      if (this.lastUse(i) < this.lastUse(slot)) slot = i;
+    }
     let span = this.cacheSpans[slot];
     if (!span) {
       const b = new ArrayBuffer(PAGE);
@@ -539,6 +585,7 @@ export class PhysReader {
     span.size = PAGE;
     span.u8.set(bytes);
     this.cacheTags[slot] = page;
+    this.cacheUsed[slot] = ++this.cacheClock;
     this.cacheFills++;
     return span;
   }

@@ -78,8 +78,8 @@ export function vaAddHi(hi: number, lo: number, delta: number): number {
  * allocating: `p.set(hi, lo).add(off)` then read `p.hi`, `p.lo`.
  */
 export class VaCursor {
-  hi = 0;
-  lo = 0;
+  hi = DOUBLE_ZERO;
+  lo = DOUBLE_ZERO;
 
   set(hi: number, lo: number): this {
     this.hi = hi >>> 0;

@@ -1,7 +1,8 @@
+import { spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { inject, describe, expect, it } from 'vitest';
 import { findLab, GuestConsole, hmpCommand, labDown, labList, labUp } from '../../src/lab/index.ts';
-import { isAlive } from '../../src/lab/state.ts';
+import { isAlive, isQemuOf, labPaths } from '../../src/lab/state.ts';
 import { TargetError } from '../../src/util/errors.ts';
 import { labPrefix } from '../support/lab.ts';
 
@@ -31,6 +32,46 @@ describe('a lab guest from up to down', () => {
     expect((await labList()).some((l) => l.name === name)).toBe(false);
     await expect(findLab(name)).rejects.toThrow(TargetError);
     await expect(labDown(name)).rejects.toThrow(/no lab guest named/);
+  });
+
+  it('cleans up after a guest whose QEMU was killed', async () => {
+    const name = `${labPrefix()}-killed`;
+    const info = await labUp({ name, memoryMiB: 256, processes: 0, ownerPid: inject('vmlensLabOwner') });
+    process.kill(info.pid, 'SIGKILL');
+    for (let i = 0; i < 100 && isAlive(info.pid); i++) await new Promise((r) => setTimeout(r, 50));
+    await expect(findLab(name)).rejects.toThrow(/is not running/);
+    expect((await labList()).find((l) => l.name === name)).toMatchObject({ running: false, state: 'stopped' });
+    await labDown(name);
+    expect(existsSync(info.ramFile)).toBe(false);
+    expect(existsSync(info.runtimeDir)).toBe(false);
+  });
+
+  it('stops a guest whose state was lost, found by the RAM file on its command line', async () => {
+    const name = `${labPrefix()}-lost`;
+    const ramFile = labPaths(name).ramFile;
+    // Stands in for a QEMU whose lab.json is gone: only its command line names the guest.
+    const stray = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', `mem-path=${ramFile},share=on`], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100 && !isQemuOf(stray.pid!, ramFile); i++) await new Promise((r) => setTimeout(r, 20));
+      expect((await labList()).some((l) => l.name === name)).toBe(false);
+      await labDown(name);
+      expect(isAlive(stray.pid!)).toBe(false);
+      await expect(labDown(name)).rejects.toThrow(/no lab guest named/);
+    } finally {
+      stray.kill('SIGKILL');
+    }
+  });
+
+  it('stops QEMU and says so, with the console tail, when the guest is not ready in time', async () => {
+    const name = `${labPrefix()}-slow`;
+    const err = await labUp({ name, memoryMiB: 256, processes: 0, bootTimeoutMs: 1500, ownerPid: inject('vmlensLabOwner') }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(TargetError);
+    expect((err as Error).message).toMatch(new RegExp(`^lab guest '${name}' did not boot: guest not ready after 2 s; (console tail:|the console printed nothing)`));
+    expect((await labList()).some((l) => l.name === name)).toBe(false);
+    expect(existsSync(labPaths(name).ramFile)).toBe(false);
   });
 
   it('refuses bad options with one clear line', async () => {

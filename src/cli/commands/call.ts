@@ -4,7 +4,7 @@
  * point through the gdbstub (src/actions/call), and is logged in the audit log.
  */
 import type { Command } from 'commander';
-import { callKernelFunction, type CallResult } from '../../actions/call/index.ts';
+import { callKernelFunction, type CallResult, type ReturnValue } from '../../actions/call/index.ts';
 import type { CallSessionOptions } from '../../actions/call/session.ts';
 import { killProcesses, parseSignal, signalList, signalName, type KillResult } from '../../actions/kill.ts';
 import { removeModule } from '../../actions/rmmod.ts';
@@ -61,13 +61,20 @@ function addTimingOptions(c: Command): Command {
     .option('--dry-run', 'check everything, change nothing');
 }
 
+/** Integers as JSON numbers where exact (decimal strings beyond 2^53), pointers as 0x hex. */
+function jsonValue(v: ReturnValue): unknown {
+  if (v.kind !== 'integer' || typeof v.value !== 'bigint') return v.value ?? null;
+  return v.value >= BigInt(Number.MIN_SAFE_INTEGER) && v.value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v.value) : v.value.toString();
+}
+
 function callJson(r: CallResult): Record<string, unknown> {
   return {
     function: r.function,
     address: r.address,
     prototype: r.prototype,
-    args: r.args,
-    ...(r.returned ? { return: r.returned.value ?? null, raw: r.returned.raw, text: r.returned.text, errno: r.returned.errno ?? null } : { dryRun: true }),
+    argTexts: r.argTexts,
+    ...(r.args ? { args: r.args } : {}),
+    ...(r.returned ? { return: jsonValue(r.returned), raw: r.returned.raw, text: r.returned.text, errno: r.returned.errno ?? null } : { dryRun: true }),
     ...(r.task ? { task: r.task, vcpu: r.vcpu, ms: r.ms } : {}),
   };
 }
@@ -86,7 +93,6 @@ export function register(program: Command): void {
         emit(opts, () => callJson(r), () => `dry run: would call ${r.prototype} at 0x${r.address.toString(16)} with (${args.join(', ')})`);
         return;
       }
-      if (!opts.json) notice(`called in task ${r.task!.pid} (${r.task!.comm}) on vCPU ${r.vcpu}, ${r.ms} ms`);
       emit(opts, () => callJson(r), () => `${name}(${args.join(', ')}) = ${r.returned!.text}`);
     });
   });

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { checkNames, CHECKS, runChecks, selectChecks, severityRank, type CheckResult, type EvidenceValue, type Finding } from '../../analyses/checks/index.ts';
+import { checkNames, CHECKS, prepareCheckOptions, runChecks, selectChecks, type CheckResult, type EvidenceValue, type Finding } from '../../analyses/checks/index.ts';
 import { openKernel } from '../../kernel/open.ts';
 import { pauseForCommand } from '../../machine/pause.ts';
 import { UsageError } from '../../util/errors.ts';
@@ -22,11 +22,12 @@ export function register(program: Command): void {
     .action(async (names: string[], o: { vmlinux?: string; pause: boolean }, cmd: Command) => {
       const checks = selectChecks(names);
       if (o.vmlinux !== undefined && !existsSync(o.vmlinux)) throw new UsageError(`no such file: ${o.vmlinux}`);
+      const options = prepareCheckOptions(checks, o.vmlinux !== undefined ? { vmlinux: o.vmlinux } : {});
       await withMachine(cmd, async (machine, opts) => {
         const paused = o.pause || opts.consistent ? await pauseForCommand(machine) : undefined;
         try {
           const kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: paused !== undefined || !machine.live });
-          const results = await runChecks(kernel, checks, { ...(o.vmlinux !== undefined ? { vmlinux: o.vmlinux } : {}) });
+          const results = await runChecks(kernel, checks, options);
           emit(
             opts,
             () => ({ results, warnings: kernel.warnings.items }),
@@ -75,11 +76,4 @@ function formatEvidence(v: EvidenceValue): string {
   if (typeof v === 'bigint') return `0x${v.toString(16)}`;
   if (Array.isArray(v)) return v.map((x) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : String(x))).join('; ');
   return String(v);
-}
-
-/** The most severe finding of a run (for scripts that gate on it), or undefined when there is none. */
-export function worstSeverity(results: readonly CheckResult[]): Finding['severity'] | undefined {
-  let worst: Finding | undefined;
-  for (const r of results) for (const f of r.findings) if (!worst || severityRank(f.severity) > severityRank(worst.severity)) worst = f;
-  return worst?.severity;
 }

@@ -7,6 +7,7 @@ import { buildTree, renderTree, type TreeNode } from '../../analyses/pstree.ts';
 import { uname } from '../../analyses/uname.ts';
 import { UsageError } from '../../util/errors.ts';
 import { emit, parseAddress, withKernel } from '../context.ts';
+import { runWatch, WATCH_OPTIONS, type WatchFlags } from './watch.ts';
 import { renderFields, renderTable, type Column } from '../render.ts';
 
 const psColumns: Column<TaskRow>[] = [
@@ -51,8 +52,12 @@ export function register(program: Command): void {
     .description('processes from the kernel\'s task list (kernel threads in [brackets])')
     .option('--threads', 'every thread, not only processes')
     .option('-p, --pid <pids>', 'only these pids (comma-separated)')
-    .action(async (o: { threads?: boolean; pid?: string }, cmd: Command) => {
+    .option(...WATCH_OPTIONS.watch)
+    .option(...WATCH_OPTIONS.duration)
+    .option(...WATCH_OPTIONS.interval)
+    .action(async (o: { threads?: boolean; pid?: string } & WatchFlags, cmd: Command) => {
       const pids = o.pid === undefined ? undefined : parsePids(o.pid);
+      if (o.watch) return runWatch(cmd, o, pids);
       await withKernel(cmd, (k, opts) => {
         let rows = listTasks(k, { threads: o.threads });
         if (pids) rows = rows.filter((r) => pids.has(r.pid) || pids.has(r.tgid));

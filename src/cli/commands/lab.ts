@@ -1,5 +1,5 @@
 import { Option, type Command } from 'commander';
-import { DEFAULT_LAB_NAME, labDown, labList, labUp, type LabInfo } from '../../lab/index.ts';
+import { DEFAULT_LAB_NAME, labDown, labList, labUp, type LabInfo, type LabState } from '../../lab/index.ts';
 import type { Accel, Paging } from '../../lab/types.ts';
 import { emit, globalOptions, parseCount } from '../context.ts';
 import { renderFields, renderTable, type Column } from '../render.ts';
@@ -20,6 +20,7 @@ export function register(program: Command): void {
     .addOption(new Option('--paging <levels>', 'paging levels: 5 needs LA57 (default: 5)').choices(['4', '5']))
     .option('--processes <n>', 'long-lived lab-worker processes (default: 16)')
     .addOption(new Option('--accel <accel>', 'QEMU accelerator (default: tcg)').choices(['tcg', 'kvm']))
+    .option('--rootkit', 'load vmlens_rootkit after boot: it hides a process and itself and hooks a system call')
     .action(async (o: UpFlags, cmd: Command) => {
       const info = await labUp({
         name: o.name,
@@ -29,6 +30,7 @@ export function register(program: Command): void {
         ...(o.paging !== undefined ? { paging: Number(o.paging) as Paging } : {}),
         ...(o.processes !== undefined ? { processes: parseCount(o.processes, 'processes', 100_000) } : {}),
         ...(o.accel !== undefined ? { accel: o.accel as Accel } : {}),
+        ...(o.rootkit ? { rootkit: true } : {}),
       });
       emit(globalOptions(cmd), () => info, () => renderInfo(info));
     });
@@ -62,13 +64,14 @@ interface UpFlags {
   readonly paging?: string;
   readonly processes?: string;
   readonly accel?: string;
+  readonly rootkit?: boolean;
 }
 
-type Listed = LabInfo & { running: boolean };
+type Listed = LabInfo & { state: LabState };
 
 const LIST_COLUMNS: readonly Column<Listed>[] = [
   { header: 'NAME', value: (g) => g.name },
-  { header: 'STATE', value: (g) => (g.running ? 'running' : 'stopped') },
+  { header: 'STATE', value: (g) => g.state },
   { header: 'KERNEL', value: (g) => g.kernelRelease },
   { header: 'MEMORY', value: (g) => `${g.memoryMiB}M`, align: 'right' },
   { header: 'CPUS', value: (g) => g.cpus, align: 'right' },
@@ -95,5 +98,11 @@ function renderInfo(info: LabInfo): string {
     ['gdb', `127.0.0.1:${info.gdbPort}`],
     ['modules', info.modules.join(' ')],
     ['processes', `${info.processes.length} (${workers} lab-worker-N)`],
+    ...(info.rootkit
+      ? ([
+          ['rootkit', `${info.rootkit.module} at ${info.rootkit.structModule}, hiding pid ${info.rootkit.hiddenProcess.pid} (${info.rootkit.hiddenProcess.comm})`],
+          ['hooked', `sys_call_table[${info.rootkit.hook.syscall}] ${info.rootkit.hook.original} (${info.rootkit.hook.originalSymbol}) → ${info.rootkit.hook.handler}`],
+        ] as [string, string][])
+      : []),
   ]);
 }

@@ -1,6 +1,6 @@
 import { UsageError } from '../../util/errors.ts';
 import type { AddressTable } from './addresses.ts';
-import { vaFromHalves, vaHi, vaLo } from './reader.ts';
+import { vaFromHalves, vaHi, vaLo, type VaRange } from './reader.ts';
 
 /** Where each table was found, and which encodings the kernel used. */
 export interface KallsymsLayout {
@@ -9,7 +9,7 @@ export interface KallsymsLayout {
   readonly namesVa: bigint;
   readonly namesSize: number;
   readonly numSymsVa: bigint;
-  readonly markersVa: bigint | undefined;
+  readonly markersVa: bigint;
   readonly markerWidth: 4 | 8;
   /** Two-byte name lengths (6.1 and later). */
   readonly bigLengths: boolean;
@@ -224,18 +224,22 @@ export class Kallsyms {
   }
 
   /**
-   * Add (or replace) one module's symbols. Symbols with a size bound symbolize() to their own
-   * extent; without one, to the next symbol of the module.
+   * Add (or replace) one module's symbols. `extent`, the module's memory, bounds what
+   * symbolize() attributes to it; without it, the module ends with its last symbol (its size,
+   * or one byte). Symbols with a size cover only their own extent; without, up to the next one.
    */
-  addModuleSymbols(module: string, symbols: Iterable<ModuleSymbol>): void {
+  addModuleSymbols(module: string, symbols: Iterable<ModuleSymbol>, extent?: VaRange): void {
     if (!module) throw new UsageError('a module needs a name');
+    if (extent && extent.end <= extent.start) throw new UsageError(`module ${module}: empty extent`);
     this.removeModuleSymbols(module);
     const list: Required<ModuleSymbol>[] = [];
     for (const s of symbols) list.push({ name: s.name, address: s.address, type: s.type ?? '?', size: s.size ?? 0n });
     if (list.length === 0) return;
     list.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
     const last = list[list.length - 1]!;
-    this.modules.push({ module, symbols: list, start: list[0]!.address, end: last.address + (last.size > 0n ? last.size : 1n) });
+    const start = extent?.start ?? list[0]!.address;
+    const end = extent?.end ?? last.address + (last.size > 0n ? last.size : 1n);
+    this.modules.push({ module, symbols: list, start, end });
   }
 
   removeModuleSymbols(module: string): void {

@@ -1,5 +1,5 @@
 import { GuestDataError } from '../../util/errors.ts';
-import { ImageWindow, TABLE_ALIGN } from './reader.ts';
+import { ImageWindow, TABLE_ALIGN, type WorkBudget } from './reader.ts';
 import { TOKEN_COUNT, type TokenTable } from './tokens.ts';
 
 /**
@@ -22,8 +22,7 @@ export interface NamesTable {
   readonly namesSize: number;
   readonly count: number;
   readonly numSymsVa: bigint;
-  /** Where kallsyms_markers was found; undefined when there are too few symbols to need one. */
-  readonly markersVa: bigint | undefined;
+  readonly markersVa: bigint;
   readonly markerWidth: 4 | 8;
   /** Two-byte lengths for entries of 128 tokens or more (6.1 and later). */
   readonly bigLengths: boolean;
@@ -31,7 +30,10 @@ export interface NamesTable {
 
 /** Longest entry accepted: a name is shorter than KSYM_NAME_LEN (512), plus its type letter. */
 export const MAX_ENTRY_LENGTH = 1024;
-/** Upper bound on symbols: kallsyms_seqs_of_names stores indices in three bytes. */
+/**
+ * Upper bound on symbols, far above any kernel (an allyesconfig build has under a million);
+ * kallsyms_seqs_of_names long stored symbol indices in three bytes.
+ */
 export const MAX_SYMBOLS = 1 << 24;
 const BLOCK = 256;
 /** Local copy: an imported binding read in a hot loop costs a property load each time. */
@@ -45,7 +47,10 @@ export class TokenFacts {
   readonly startsWithType = new Uint8Array(TOKEN_COUNT);
   readonly length = new Uint16Array(TOKEN_COUNT);
 
-  constructor(readonly tokens: TokenTable) {
+  constructor(
+    readonly tokens: TokenTable,
+    readonly budget: WorkBudget,
+  ) {
     for (let i = 0; i < TOKEN_COUNT; i++) {
       const len = tokens.length[i]!;
       this.length[i] = len;
@@ -85,10 +90,12 @@ export function entryEnd(b: Uint8Array, q: number, limit: number, big: boolean, 
 
 /** Offset after walking `count` entries from `q`, or -1 if any of them is not an entry. */
 function walk(b: Uint8Array, q: number, count: number, limit: number, big: boolean, facts: TokenFacts): number {
-  for (let i = 0; i < count; i++) {
+  let i = 0;
+  for (; i < count; i++) {
     q = entryEnd(b, q, limit, big, facts);
-    if (q < 0) return -1;
+    if (q < 0) break;
   }
+  facts.budget.spend(i + 1);
   return q;
 }
 
@@ -100,6 +107,7 @@ function walkableCount(b: Uint8Array, q: number, max: number, limit: number, big
     if (q < 0) break;
     n++;
   }
+  facts.budget.spend(n + 1);
   return n;
 }
 
@@ -111,7 +119,7 @@ interface MarkerRun {
 }
 
 /** Every plausible kallsyms_markers of one width in the window, keyed by its second value (block 0's size). */
-function findMarkerRuns(win: ImageWindow, width: 4 | 8): Map<number, MarkerRun[]> {
+function findMarkerRuns(win: ImageWindow, width: 4 | 8, budget: WorkBudget): Map<number, MarkerRun[]> {
   const bySecond = new Map<number, MarkerRun[]>();
   const u32 = win.u32;
   const maxRun = Math.ceil(MAX_SYMBOLS / BLOCK);
@@ -132,6 +140,7 @@ function findMarkerRuns(win: ImageWindow, width: 4 | 8): Map<number, MarkerRun[]
       values.push(v);
       prev = v;
     }
+    budget.spend(values.length);
     const run: MarkerRun = { off: w << 2, width, values };
     const list = bySecond.get(second);
     if (list) list.push(run);
@@ -161,11 +170,11 @@ function markersMatched(b: Uint8Array, p: number, run: MarkerRun, big: boolean, 
  * (current kernels) are tried before u64 ones (older kernels), and the cheap search next to
  * num_syms before the general one.
  */
-export function findNames(win: ImageWindow, tokens: TokenTable): NamesTable | null {
-  const facts = new TokenFacts(tokens);
+export function findNames(win: ImageWindow, tokens: TokenTable, budget: WorkBudget): NamesTable | null {
+  const facts = new TokenFacts(tokens, budget);
   const byWidth: Map<number, MarkerRun[]>[] = [];
   for (const width of [4, 8] as const) {
-    const runs = findMarkerRuns(win, width);
+    const runs = findMarkerRuns(win, width, budget);
     byWidth.push(runs);
     if (runs.size === 0) continue;
     for (const big of [true, false]) {
@@ -210,14 +219,14 @@ function matchingRun(win: ImageWindow, p: number, blocks: number, runs: Map<numb
  */
 function findNamesAdjacent(win: ImageWindow, runs: Map<number, MarkerRun[]>, big: boolean, facts: TokenFacts): NamesTable | null {
   const b = win.bytes;
-  // fits[b] = 1 when some run is long enough for b blocks, but not much longer.
+  // fits[k] = 1 when some run is long enough for k blocks, but not much longer.
   let maxBlocks = 0;
   for (const list of runs.values()) for (const r of list) maxBlocks = Math.max(maxBlocks, r.values.length);
   const fits = new Uint8Array(maxBlocks + 1);
   for (const list of runs.values()) {
     for (const r of list) {
       const len = r.values.length;
-      for (let b = Math.max(1, len - RUN_OVERSHOOT); b <= len; b++) fits[b] = 1;
+      for (let k = Math.max(1, len - RUN_OVERSHOOT); k <= len; k++) fits[k] = 1;
     }
   }
   const u32 = win.u32;
@@ -261,12 +270,15 @@ function findNamesAnywhere(win: ImageWindow, runs: Map<number, MarkerRun[]>, big
     const list = runs.get(afterFirst - p);
     if (!list) continue;
     for (const run of list) {
+      // Every marker must agree (but the few a run may overshoot by): a stream entered
+      // mid-way can match a marker or two by chance when names are regular.
       const blocks = markersMatched(b, p, run, big, facts);
-      if (blocks < 2) continue;
+      if (blocks < 2 || blocks < run.values.length - RUN_OVERSHOOT) continue;
       const lastBlock = p + run.values[blocks - 1]!;
       const walkable = walkableCount(b, lastBlock, BLOCK, b.length, big, facts);
       if (walkable === 0) continue;
       const n = (blocks - 1) * BLOCK + walkable;
+      facts.budget.spend(win.length >>> 2);
       const declared = nearestU32(win, p, n);
       if (declared < 0) continue;
       const end = walk(b, lastBlock, walkable, b.length, big, facts);
@@ -328,7 +340,7 @@ export function decodeNames(win: ImageWindow, table: NamesTable, tokens: TokenTa
   const tokLen = tokens.length;
   const n = table.count;
   const types = new Uint8Array(n);
-  let out: Buffer = Buffer.allocUnsafe(Math.min(MAX_NAMES_TEXT, Math.max(4096, table.namesSize * 3)));
+  let out: Uint8Array = new Uint8Array(Math.min(MAX_NAMES_TEXT, Math.max(4096, table.namesSize * 3)));
   let o = 0;
   let q = start;
   let truncated = 0;
@@ -361,13 +373,13 @@ export function decodeNames(win: ImageWindow, table: NamesTable, tokens: TokenTa
     if (o === nameLimit && nameLimit > nameStart) truncated++;
     out[o++] = 0x0a;
   }
-  const names = out.toString('latin1', 0, o - 1).split('\n');
+  const names = Buffer.from(out.buffer, out.byteOffset, o - 1).toString('latin1').split('\n');
   return { names, types, truncated };
 }
 
-function grow(buf: Buffer, need: number): Buffer {
+function grow(buf: Uint8Array, need: number): Uint8Array {
   if (need > MAX_NAMES_TEXT) throw new GuestDataError(`kallsyms: names expand to more than ${MAX_NAMES_TEXT >> 20} MiB`);
-  const next = Buffer.allocUnsafe(Math.min(MAX_NAMES_TEXT, Math.max(need, buf.length * 2)));
-  buf.copy(next, 0, 0, buf.length);
+  const next = new Uint8Array(Math.min(MAX_NAMES_TEXT, Math.max(need, buf.length * 2)));
+  next.set(buf);
   return next;
 }

@@ -1,4 +1,4 @@
-import { isVmlensError } from '../../util/errors.ts';
+import { GuestDataError, isVmlensError } from '../../util/errors.ts';
 
 /**
  * What kallsyms decoding needs of the guest: bytes of the kernel image by virtual address.
@@ -7,6 +7,11 @@ import { isVmlensError } from '../../util/errors.ts';
  */
 export interface KernelImageReader {
   read(va: bigint, dst: Uint8Array): void;
+  /**
+   * Optional: the bytes of [va, va + len), as a view of guest memory where the source maps it
+   * (no copy), else a copy. Throws like read(). The address-space layer's readRange is this.
+   */
+  readRange?(va: bigint, len: number): Uint8Array;
 }
 
 /** A half-open range of kernel virtual addresses, [start, end). */
@@ -73,27 +78,50 @@ export function readTolerant(reader: KernelImageReader, va: bigint, dst: Uint8Ar
 }
 
 /**
- * A copy of [base, base + bytes.length) of the image, with little-endian accessors by offset.
+ * [va, va + len) of the image: a view when the reader offers one and every page is mapped,
+ * otherwise a copy with unmapped pages as zeros. `scratch`, if given and large enough, is
+ * filled instead of a new buffer. The result is 4-byte aligned, for u32 views over it.
+ */
+export function readImage(reader: KernelImageReader, va: bigint, len: number, scratch?: Uint8Array): { bytes: Uint8Array; missing: number } {
+  if (reader.readRange) {
+    try {
+      const view = reader.readRange(va, len);
+      if (view.length === len && view.byteOffset % 4 === 0) return { bytes: view, missing: 0 };
+    } catch (e) {
+      if (!isVmlensError(e)) throw e;
+    }
+  }
+  const bytes = scratch && scratch.length >= len ? scratch.subarray(0, len) : new Uint8Array(len);
+  const missing = readTolerant(reader, va, bytes);
+  return { bytes, missing };
+}
+
+/**
+ * [base, base + bytes.length) of the image (a copy or a view), with little-endian accessors by offset.
  * Scanners work on offsets into one window so that inner loops see plain numbers only.
  */
 export class ImageWindow {
   readonly u32: Uint32Array;
   readonly end: bigint;
 
+  readonly bytes: Uint8Array;
+
   constructor(
     readonly base: bigint,
-    readonly bytes: Uint8Array,
+    bytes: Uint8Array,
     /** Bytes of the window that were unmapped (read as zeros). */
     readonly missing = 0,
   ) {
     if (bytes.byteOffset % 4 !== 0) throw new Error('ImageWindow needs a 4-byte aligned buffer');
+    // Always a plain Uint8Array (not a Buffer or other subclass): the scanners' element loads
+    // stay monomorphic, which is several times faster.
+    this.bytes = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length);
     this.u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
     this.end = base + BigInt(bytes.length);
   }
 
   static read(reader: KernelImageReader, base: bigint, length: number): ImageWindow {
-    const bytes = new Uint8Array(length);
-    const missing = readTolerant(reader, base, bytes);
+    const { bytes, missing } = readImage(reader, base, length);
     return new ImageWindow(base, bytes, missing);
   }
 
@@ -143,3 +171,22 @@ export class ImageWindow {
 export function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
+
+/**
+ * A bound on the work one decode may do. Single passes over memory are bounded by the range
+ * itself; what is charged here is the work repeated per candidate (walking names from a
+ * position, decoding a table to test it), which a guest that fills memory with near-tables
+ * (regular patterns that pass every cheap test) could make quadratic. Running out is a clear
+ * error rather than a hang. Debian kernels use some 2 million steps.
+ */
+export class WorkBudget {
+  constructor(private left: number) {}
+
+  spend(steps: number): void {
+    this.left -= steps;
+    if (this.left < 0) throw new GuestDataError('kallsyms: gave up: memory holds too many near-copies of the symbol tables to search');
+  }
+}
+
+/** Steps one loadKallsyms may take: some 50 times what a Debian kernel needs. */
+export const DEFAULT_WORK_BUDGET = 100_000_000;

@@ -1,4 +1,4 @@
-import { hex, readTolerant, TABLE_ALIGN, vaAdd, type KernelImageReader, type VaRange } from './reader.ts';
+import { readImage, readTolerant, TABLE_ALIGN, vaAdd, type KernelImageReader, type VaRange, type WorkBudget } from './reader.ts';
 
 /**
  * kallsyms_token_table and kallsyms_token_index (scripts/kallsyms.c, write_src): 256 NUL-terminated
@@ -125,27 +125,42 @@ const MAX_STEP = MAX_TOKEN_LENGTH + 1;
  * Every token table in `range`, lowest address first. A generator, so that the caller stops
  * reading memory at the first table that decodes.
  */
-export function* findTokenTables(reader: KernelImageReader, range: VaRange): Generator<TokenTable> {
+export function* findTokenTables(reader: KernelImageReader, range: VaRange, budget: WorkBudget): Generator<TokenTable> {
   const start = (range.start + BigInt(TABLE_ALIGN - 1)) & ~BigInt(TABLE_ALIGN - 1);
   if (range.end <= start) return;
   const total = range.end - start;
-  const buf = new Uint8Array(SCAN_CHUNK + INDEX_BYTES);
-  const u32 = new Uint32Array(buf.buffer);
+  const scratch = new Uint8Array(SCAN_CHUNK + INDEX_BYTES);
   for (let chunk = 0n; chunk < total; chunk += BigInt(SCAN_CHUNK)) {
-    const len = Number(total - chunk < BigInt(buf.length) ? total - chunk : BigInt(buf.length));
-    const view = buf.subarray(0, len);
+    const len = Number(total - chunk < BigInt(scratch.length) ? total - chunk : BigInt(scratch.length));
     const chunkVa = start + chunk;
-    if (readTolerant(reader, chunkVa, view) === len) continue;
-    const words = Math.min(SCAN_CHUNK, len - INDEX_BYTES) >>> 2;
-    for (let w = 0; w < words; w += ALIGN_WORDS) {
-      if (!looksLikeIndexStart(u32, w)) continue;
+    const { bytes: view, missing } = readImage(reader, chunkVa, len, scratch);
+    if (missing === len) continue;
+    const u32 = new Uint32Array(view.buffer, view.byteOffset, len >>> 2);
+    for (const w of indexCandidates(u32, Math.min(SCAN_CHUNK, len - INDEX_BYTES) >>> 2)) {
       const off = w << 2;
+      budget.spend(TOKEN_COUNT);
       const index = parseTokenIndex(view, off);
       if (!index) continue;
+      budget.spend(index[TOKEN_COUNT - 1]! + MAX_TOKEN_LENGTH);
       const table = tokenTableBefore(reader, chunkVa + BigInt(off), index, range.start);
       if (table) yield table;
     }
   }
+}
+
+/**
+ * Word offsets below `words` where a token index may start. A plain function, not part of the
+ * generator above: V8 optimizes a long loop while it runs (on-stack replacement) only outside
+ * generators, and this loop is the whole scan.
+ */
+function indexCandidates(u32: Uint32Array, words: number): number[] {
+  const out: number[] = [];
+  for (let w = 0; w < words; w += ALIGN_WORDS) {
+    // Nearly every position fails this first test; keep it in the loop, not behind a call.
+    if ((u32[w]! & 0xffff) !== 0) continue;
+    if (looksLikeIndexStart(u32, w)) out.push(w);
+  }
+  return out;
 }
 
 /** The first 16 u16 at word `w` start at 0 and rise by at most one token each. */
@@ -166,8 +181,4 @@ function looksLikeIndexStart(u32: Uint32Array, w: number): boolean {
     prev = v;
   }
   return true;
-}
-
-export function describeTokenTable(t: TokenTable): string {
-  return `token table at ${hex(t.tableVa)} (${t.size} bytes), index at ${hex(t.indexVa)}`;
 }

@@ -10,7 +10,7 @@ const layout: KallsymsLayout = {
   namesVa: 0n,
   namesSize: 0,
   numSymsVa: 0n,
-  markersVa: undefined,
+  markersVa: 0n,
   markerWidth: 4,
   bigLengths: true,
   addresses: { kind: 'absolute', addressesVa: 0n },

@@ -205,6 +205,23 @@ describe('kallsyms from a hostile guest', () => {
     expect(ks.lookup('_end')).toBe(k.symbols.find((s) => s.name === '_end')!.address);
   });
 
+  it('gives up, with a clear error, on memory full of near-tables', () => {
+    // A real token table, then megabytes of one 3-byte entry repeated ("ta": a 't' symbol
+    // "a"), then markers that agree with any 256 of them: every position in the names region
+    // looks like the start of a table, and only a bound on the work ends the search.
+    const k = syntheticKernel(v612);
+    const img = k.image.bytes;
+    const tokens = img.slice(k.offsetOf('token_table'), k.offsetOf('token_index') + 512);
+    img.fill(0);
+    const start = 0x10000;
+    const end = 0x2f0000;
+    for (let o = start; o + 3 <= end; o += 3) img.set([2, 0x74, 0x61], o);
+    const markers = new DataView(img.buffer, end + 8);
+    for (let i = 0; i < 4000; i++) markers.setUint32(4 * i, 768 * i, true);
+    img.set(tokens, end + 8 + 4 * 4000 + 64);
+    expect(() => loadKallsyms(k.image, k.image.range)).toThrow(/^kallsyms: gave up/);
+  });
+
   it('cuts names longer than the kernel allows instead of growing without bound', () => {
     // A token table whose byte 0x80 stands for 500 characters, and one entry of 600 such tokens.
     const tokenBytes: number[] = [];
@@ -227,7 +244,7 @@ describe('kallsyms from a hostile guest', () => {
       namesSize: entry.length + 3,
       count: 2,
       numSymsVa: 0n,
-      markersVa: undefined,
+      markersVa: 0n,
       markerWidth: 4,
       bigLengths: true,
     };
