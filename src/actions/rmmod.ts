@@ -9,7 +9,7 @@
  * vmlens borrows a task that has that capability and a user address space, and in it calls
  *
  *   addr = vm_mmap(NULL, 0, PAGE_SIZE, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, 0);
- *   _copy_to_user(addr, "name", len + 1);
+ *   _copy_to_user(addr, "name", len + 1);   // 0 = all copied
  *   __x64_sys_delete_module(&regs);      // regs.di = addr, regs.si = O_NONBLOCK, as rmmod(8)
  *   vm_munmap(addr, PAGE_SIZE);
  *
@@ -88,7 +88,8 @@ function plan(k: Kernel): Plan {
   const base = {
     mmap: requireFunction(k, 'vm_mmap', ['pointer', 'integer', 'integer', 'integer', 'integer', 'integer']),
     munmap: requireFunction(k, 'vm_munmap', ['integer', 'integer']),
-    copyToUser: requireFunction(k, '_copy_to_user', ['pointer', 'pointer', 'integer']),
+    // Out of line unless the architecture inlines it; copy_to_user_nofault (5.8+) otherwise.
+    copyToUser: requireFunction(k, k.hasSymbol('_copy_to_user') ? '_copy_to_user' : 'copy_to_user_nofault', ['pointer', 'pointer', 'integer']),
   };
   if (k.hasSymbol('__x64_sys_delete_module')) {
     return {
@@ -126,7 +127,7 @@ async function deleteModuleIn(calls: KernelCalls, p: Plan, name: string): Promis
   }
   try {
     const nameBytes = new Uint8Array(Buffer.from(`${name}\0`, 'latin1'));
-    const left = await calls.call('_copy_to_user', p.copyToUser.address, [value(addr), { kind: 'bytes', bytes: nameBytes }, value(BigInt(nameBytes.length))]);
+    const left = await calls.call(p.copyToUser.name, p.copyToUser.address, [value(addr), { kind: 'bytes', bytes: nameBytes }, value(BigInt(nameBytes.length))]);
     if (left !== 0n) throw new TargetError(`could not copy the module name to task ${calls.point.task.pid}'s memory; nothing was changed`);
     const args: CallArg[] = p.regs ? [{ kind: 'bytes', bytes: ptRegs(p.regs, addr, O_NONBLOCK) }] : [value(addr), value(O_NONBLOCK)];
     const rax = await calls.call(p.deleteModule.name, p.deleteModule.address, args);
@@ -163,7 +164,7 @@ export async function removeModule(k: Kernel, name: string, opts: RmmodOptions =
   if (!state) throw new UsageError(`module ${want} is not loaded; nothing was changed`);
   const p = plan(k);
   if (opts.dryRun) return { name: want, unloaded: false };
-  const outcome = await withKernelCalls(
+  const task = await withKernelCalls(
     k,
     {
       ...opts,
@@ -171,8 +172,12 @@ export async function removeModule(k: Kernel, name: string, opts: RmmodOptions =
       taskFilter: withCapability(CAP_SYS_MODULE, 'CAP_SYS_MODULE'),
       taskDescription: 'in a task with CAP_SYS_MODULE',
     },
-    async (calls) => ({ ret: await deleteModuleIn(calls, p, want), task: { pid: calls.point.task.pid, comm: calls.point.task.comm } }),
+    async (calls) => {
+      const ret = await deleteModuleIn(calls, p, want);
+      // Thrown inside the session, so that the audit log records the refusal with the call.
+      if (ret !== 0) throw new TargetError(refusal(state, ret));
+      return { pid: calls.point.task.pid, comm: calls.point.task.comm };
+    },
   );
-  if (outcome.ret !== 0) throw new TargetError(refusal(state, outcome.ret));
-  return { name: want, unloaded: true, task: outcome.task };
+  return { name: want, unloaded: true, task };
 }

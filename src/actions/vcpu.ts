@@ -4,7 +4,7 @@
  * function calls, kill, rmmod) stands on this.
  *
  * The one promise this module keeps: however a control session ends — normally, by an error, a
- * timeout, or SIGINT/SIGTERM — every breakpoint it set is removed and the guest runs again if it
+ * timeout, or SIGINT/SIGTERM/SIGHUP — every breakpoint it set is removed and the guest runs again if it
  * was running when the session began. Cleanups registered by the session's user (putting back
  * the registers of an interrupted task) run first, newest first.
  *
@@ -33,7 +33,7 @@ export interface VcpuControlOptions {
   readonly connectTimeoutMs?: number;
   /** Time allowed for each request to the stub. Default 5 s. */
   readonly requestTimeoutMs?: number;
-  /** Catch SIGINT and SIGTERM while the session is open (default true): they end it cleanly. */
+  /** Catch SIGINT, SIGTERM and SIGHUP while the session is open (default true): they end it cleanly. */
   readonly handleSignals?: boolean;
   /** Use this stub instead of finding (or starting) QEMU's own. */
   readonly gdb?: { readonly host: string; readonly port: number };
@@ -60,6 +60,12 @@ const ATTEMPT_TIMEOUT_MS = 3_000;
 const RETRY_PAUSE_MS = 500;
 /** waitForStop() looks for signals this often. */
 const WAIT_SLICE_MS = 200;
+/** How often a pause made elsewhere is checked for its end. */
+const PAUSE_POLL_MS = 100;
+/** How long the stub may take to report a stop QMP made. */
+const STOP_REPLY_WAIT_MS = 1_000;
+/** Signals that would end the process: while a session is open they end the session instead. */
+const HANDLED_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 /** The signal QEMU reports for a stop it was asked for (an interrupt or a pause). */
 const SIGINT_STOP = 2;
 
@@ -142,8 +148,6 @@ async function connectPatiently(host: string, port: number, opts: VcpuControlOpt
 export class VcpuControl {
   private readonly breakpoints = new Set<bigint>();
   private readonly cleanups: { what: string; run: () => Promise<void> }[] = [];
-  private selectedG = 0;
-  private selectedC = 0;
   private closed = false;
   private signalCount = 0;
   private lastSignal: NodeJS.Signals | undefined;
@@ -162,8 +166,7 @@ export class VcpuControl {
     private readonly notice: ((message: string) => void) | undefined,
   ) {
     if (signalsHandled) {
-      process.on('SIGINT', this.onSignal);
-      process.on('SIGTERM', this.onSignal);
+      for (const sig of HANDLED_SIGNALS) process.on(sig, this.onSignal);
     }
   }
 
@@ -186,7 +189,7 @@ export class VcpuControl {
     }
   }
 
-  /** How many SIGINT/SIGTERM arrived while the session was open. */
+  /** How many SIGINT/SIGTERM/SIGHUP arrived while the session was open. */
   get signalsReceived(): number {
     return this.signalCount;
   }
@@ -211,16 +214,13 @@ export class VcpuControl {
     return this.remote.threads();
   }
 
+  // No selection is cached: QEMU moves both selections to the vCPU that stopped, at every stop.
   private async selectForRegisters(thread: number): Promise<void> {
-    if (this.selectedG === thread) return;
     await this.remote.selectThread(thread, 'g');
-    this.selectedG = thread;
   }
 
   private async selectForExecution(thread: number): Promise<void> {
-    if (this.selectedC === thread) return;
     await this.remote.selectThread(thread, 'c');
-    this.selectedC = thread;
   }
 
   async registers(thread: number): Promise<X86Registers> {
@@ -262,33 +262,80 @@ export class VcpuControl {
     await this.remote.cont();
   }
 
-  /** Stop the guest if this session set it running. */
-  async stop(): Promise<void> {
-    if (this.remote.running) await this.remote.interrupt();
+  /** Whether the guest runs because this session resumed it (and no stop came yet). */
+  get running(): boolean {
+    return this.remote.running;
   }
 
   /**
-   * The next stop after resume()/a step, or a timeout, or a signal to this process. In the last
-   * two cases the guest is stopped again before this returns, so the session stays in control.
-   * Waits in short slices so that a signal is noticed quickly.
+   * Stop the guest if this session set it running. A stop of the session's own (a breakpoint
+   * hit) that raced with the interrupt is returned: it happened, and the caller must see it.
    */
-  async waitForStop(timeoutMs: number): Promise<WaitOutcome> {
+  async stop(): Promise<StopReply | undefined> {
+    if (!this.remote.running) return undefined;
+    return this.takeBack();
+  }
+
+  /**
+   * The next stop after resume()/a step, or a timeout, or a signal to this process. On a timeout
+   * or a signal the guest is stopped again before this returns (so the session stays in
+   * control), unless `keepRunning` is set. Waits in short slices so that a signal is noticed
+   * quickly. `signalsSeen` is the signalsReceived count the caller has dealt with (default: the
+   * count now): a signal that came earlier, while the caller was busy, ends the wait at once.
+   */
+  async waitForStop(timeoutMs: number, opts: { readonly keepRunning?: boolean; readonly signalsSeen?: number } = {}): Promise<WaitOutcome> {
     this.check();
     const deadline = Date.now() + timeoutMs;
-    const seen = this.signalCount;
+    const seen = opts.signalsSeen ?? this.signalCount;
     for (;;) {
-      const slice = Math.max(1, Math.min(WAIT_SLICE_MS, deadline - Date.now()));
-      try {
-        return { kind: 'stop', stop: await this.remote.waitForStop(slice) };
-      } catch (e) {
-        if (!(e instanceof TargetError && /did not stop within/.test(e.message))) throw e;
+      if (this.signalCount === seen) {
+        const slice = Math.max(1, Math.min(WAIT_SLICE_MS, deadline - Date.now()));
+        try {
+          return { kind: 'stop', stop: await this.remote.waitForStop(slice) };
+        } catch (e) {
+          if (!(e instanceof TargetError && /did not stop within/.test(e.message))) throw e;
+        }
       }
       const signalled = this.signalCount !== seen;
       if (!signalled && Date.now() < deadline) continue;
-      const late = await this.takeBack();
-      if (late) return { kind: 'stop', stop: late };
+      if (!opts.keepRunning) {
+        const late = await this.takeBack();
+        if (late) return { kind: 'stop', stop: late };
+      }
       return signalled ? { kind: 'signal', signal: this.lastSignal ?? 'SIGINT' } : { kind: 'timeout' };
     }
+  }
+
+  /**
+   * After a stop for SIGINT this session did not ask for — a pause made elsewhere (a QMP `stop`
+   * from another monitor, a human at the HMP) — wait until that party resumes the guest, so as
+   * not to run it under their feet. Returns false on timeout or a signal to this process.
+   */
+  async waitWhilePausedElsewhere(timeoutMs: number): Promise<boolean> {
+    const m = this.machine;
+    if (!m?.live) return true;
+    const deadline = Date.now() + timeoutMs;
+    const seen = this.signalCount;
+    while (Date.now() < deadline && this.signalCount === seen) {
+      if (await m.isPaused()) {
+        await sleep(PAUSE_POLL_MS);
+        continue;
+      }
+      // Running again, while the stub's client still holds it stopped. Stop it once more, the
+      // way the stub can see: its stop reply is then acknowledged while the guest stands still.
+      // (An acknowledgement reaching QEMU after the next `c` would read as an interrupt.)
+      const before = this.remote.lastStop;
+      if (m.pause) await m.pause();
+      const until = Date.now() + STOP_REPLY_WAIT_MS;
+      while (this.remote.lastStop === before && Date.now() < until) await sleep(5);
+      return true;
+    }
+    return false;
+  }
+
+  /** Whether a stop is a pause made elsewhere (see waitWhilePausedElsewhere). */
+  static isForeignPause(stop: StopReply): boolean {
+    return stop.kind === 'signal' && stop.signal === SIGINT_STOP;
   }
 
   /**
@@ -349,7 +396,9 @@ export class VcpuControl {
         problems.push(`${what}: ${e instanceof Error ? e.message : String(e)}`);
       }
     };
-    await attempt('stopping the guest', () => this.stop());
+    await attempt('stopping the guest', async () => {
+      await this.stop();
+    });
     while (this.cleanups.length > 0) {
       const c = this.cleanups.pop()!;
       await attempt(c.what, c.run);
@@ -372,22 +421,9 @@ export class VcpuControl {
       });
     }
     if (this.signalsHandled) {
-      process.off('SIGINT', this.onSignal);
-      process.off('SIGTERM', this.onSignal);
+      for (const sig of HANDLED_SIGNALS) process.off(sig, this.onSignal);
     }
     for (const p of problems) this.notice?.(`could not finish cleanly: ${p}`);
     return problems;
   }
-}
-
-/** Open a session, run `fn`, always close. A signal received meanwhile ends with an error. */
-export async function withVcpuControl<T>(machine: Machine, opts: VcpuControlOptions, fn: (control: VcpuControl) => Promise<T>): Promise<T> {
-  const control = await VcpuControl.open(machine, opts);
-  let result: T;
-  try {
-    result = await fn(control);
-  } finally {
-    await control.close();
-  }
-  return result;
 }

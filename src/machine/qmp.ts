@@ -78,8 +78,9 @@ export class QmpClient {
 
   /** Connect, read the greeting and leave negotiation mode (`qmp_capabilities`). */
   static async connect(path: string, opts: QmpConnectOptions = {}): Promise<QmpClient> {
+    // A caller's timeout bounds the whole wait; by default a busy monitor is waited for.
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const { socket, greeting, rest } = await openWhenFree(path, timeoutMs);
+    const { socket, greeting, rest } = await openWhenFree(path, opts.timeoutMs ?? MONITOR_BUSY_WAIT_MS);
     const client = new QmpClient(socket, path, greeting, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
     client.attach(rest);
     await client.execute('qmp_capabilities', undefined, { timeoutMs });
@@ -227,6 +228,7 @@ export class QmpClient {
 /** How long a command waits for a monitor another client holds. */
 const MONITOR_BUSY_WAIT_MS = 30_000;
 const BUSY = 'monitor busy';
+const NO_GREETING = 'no QMP greeting within';
 
 const CONNECT_ERRORS: Record<string, string> = {
   EAGAIN: BUSY,
@@ -238,21 +240,22 @@ const CONNECT_ERRORS: Record<string, string> = {
 };
 
 /**
- * QEMU serves one QMP client per monitor at a time; while another holds it, a connection is
- * refused with EAGAIN (the listen backlog is full). Wait for the monitor to be free, a bounded
- * time, rather than fail a command because another tool is briefly talking to QEMU.
+ * QEMU serves one QMP client per monitor at a time. While another holds it, a connection is
+ * either refused with EAGAIN (the listen backlog is full) or accepted into the backlog with no
+ * greeting until the other client leaves. Wait for the monitor to be free, a bounded time,
+ * rather than fail a command because another tool is briefly talking to QEMU.
  */
-async function openWhenFree(path: string, timeoutMs: number): Promise<{ socket: Socket; greeting: QmpGreeting; rest: Buffer }> {
-  const deadline = Date.now() + MONITOR_BUSY_WAIT_MS;
+async function openWhenFree(path: string, waitMs: number): Promise<{ socket: Socket; greeting: QmpGreeting; rest: Buffer }> {
+  const deadline = Date.now() + waitMs;
   for (let delay = 20; ; delay = Math.min(delay * 2, 500)) {
+    const left = Math.max(1, deadline - Date.now());
     try {
-      return await openAndGreet(path, timeoutMs);
+      return await openAndGreet(path, Math.min(DEFAULT_CONNECT_TIMEOUT_MS, left));
     } catch (e) {
-      if (!(e instanceof TargetError) || !e.message.endsWith(BUSY) || Date.now() + delay > deadline) {
-        if (e instanceof TargetError && e.message.endsWith(BUSY)) {
-          throw new TargetError(`${path}: the QMP monitor stayed busy for ${MONITOR_BUSY_WAIT_MS / 1000} s (another client holds it)`);
-        }
-        throw e;
+      const busy = e instanceof TargetError && (e.message.endsWith(BUSY) || e.message.includes(NO_GREETING));
+      if (!busy) throw e;
+      if (Date.now() + delay >= deadline) {
+        throw new TargetError(`${path}: no QMP greeting within ${waitMs} ms (another client holds the monitor, or this is not a QMP socket)`);
       }
       await new Promise((r) => setTimeout(r, delay));
     }
@@ -333,6 +336,8 @@ export class QmpLink {
   private client: QmpClient | undefined;
   private connecting: Promise<QmpClient> | undefined;
   private closed = false;
+  private inflight = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly path: string,
@@ -340,6 +345,7 @@ export class QmpLink {
     client?: QmpClient,
   ) {
     this.client = client;
+    if (client) this.releaseWhenIdle();
   }
 
   private async connected(): Promise<QmpClient> {
@@ -352,16 +358,40 @@ export class QmpLink {
     return this.client;
   }
 
-  async execute<T = unknown>(command: string, args?: Readonly<Record<string, unknown>>, opts?: QmpCommandOptions): Promise<T> {
-    return (await this.connected()).execute<T>(command, args, opts);
+  /**
+   * Commands come in bursts (registers, then a pause, then a resume): keep the monitor for a
+   * moment after the last one, then give it back so other clients are not locked out while
+   * this one only reads memory.
+   */
+  private releaseWhenIdle(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      if (this.inflight === 0) void this.release();
+    }, IDLE_RELEASE_MS);
+    this.idleTimer.unref();
   }
 
-  async hmp(commandLine: string, opts?: QmpCommandOptions): Promise<string> {
-    return (await this.connected()).hmp(commandLine, opts);
+  private async run<T>(fn: (c: QmpClient) => Promise<T>): Promise<T> {
+    clearTimeout(this.idleTimer);
+    this.inflight++;
+    try {
+      return await fn(await this.connected());
+    } finally {
+      if (--this.inflight === 0 && !this.closed) this.releaseWhenIdle();
+    }
+  }
+
+  execute<T = unknown>(command: string, args?: Readonly<Record<string, unknown>>, opts?: QmpCommandOptions): Promise<T> {
+    return this.run((c) => c.execute<T>(command, args, opts));
+  }
+
+  hmp(commandLine: string, opts?: QmpCommandOptions): Promise<string> {
+    return this.run((c) => c.hmp(commandLine, opts));
   }
 
   /** Disconnect for now; the next command connects again. */
   async release(): Promise<void> {
+    clearTimeout(this.idleTimer);
     const c = this.client;
     this.client = undefined;
     await c?.close();
@@ -372,3 +402,6 @@ export class QmpLink {
     await this.release();
   }
 }
+
+/** How long an idle monitor connection is kept before it is given back. */
+const IDLE_RELEASE_MS = 250;

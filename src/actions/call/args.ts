@@ -74,7 +74,7 @@ export function classify(btf: Btf, typeId: number): ValueClass {
     }
     case 'struct':
     case 'union':
-      return { kind: 'unsupported', why: `a ${t.kind} passed by value` };
+      return { kind: 'unsupported', why: `a ${t.kind} by value` };
     case 'float':
       return { kind: 'unsupported', why: 'floating point (kernel code does not use the FPU)' };
     case 'array':
@@ -116,9 +116,15 @@ export function parseArgs(proto: Prototype, texts: readonly string[], ctx: ArgCo
   }
   return texts.map((text, i) => {
     const param: ParamInfo = proto.params[i] ?? { position: i + 1, name: '', type: '...', cls: { kind: 'integer', size: 8, signed: true, bool: false } };
-    const where = `${proto.name}: argument ${i + 1} (${param.name ? `${param.type} ${param.name}` : param.type})`;
-    return parseArg(param.cls, text, ctx, where, i >= n);
+    return parseArg(param.cls, text, ctx, argumentLabel(proto, i), i >= n);
   });
+}
+
+/** `strlen: argument 1 (const char *s)`, for messages about one argument. */
+export function argumentLabel(proto: Prototype, index: number): string {
+  const param = proto.params[index];
+  const decl = param === undefined ? '...' : param.name ? `${param.type}${param.type.endsWith('*') ? '' : ' '}${param.name}` : param.type;
+  return `${proto.name}: argument ${index + 1} (${decl})`;
 }
 
 function parseArg(cls: ValueClass, text: string, ctx: ArgContext, where: string, variadicExtra: boolean): CallArg {
@@ -197,7 +203,7 @@ export function integerValue(text: string, size: number, signed: boolean, where:
   const min = signed ? -(1n << (bits - 1n)) : 0n;
   const max = signed ? (1n << (bits - 1n)) - 1n : (1n << bits) - 1n;
   if (v < min || v > max) {
-    throw new UsageError(`${where}: ${text} is out of range for a ${signed ? 'signed' : 'unsigned'} ${size * 8}-bit value (${min}..${max})`);
+    throw new UsageError(`${where}: ${text} is out of range for ${signed ? 'a signed' : 'an unsigned'} ${size * 8}-bit value (${min}..${max})`);
   }
   // Signed values are sign-extended to the full register, unsigned ones zero-extended.
   return v & U64;
@@ -234,13 +240,18 @@ function unescapeC(s: string): string {
 
 /** A function's result as shown to a user. */
 export interface ReturnValue {
+  /** What the C value is. */
+  readonly kind: 'integer' | 'bool' | 'pointer' | 'void';
   /** RAX as the function left it. */
   readonly raw: bigint;
   /** The C value: sign-extended integer, boolean, pointer, or undefined for void. */
   readonly value: bigint | boolean | undefined;
-  /** `5`, `-2 (-ENOENT)`, `0xffff… (init_task)`, `ERR_PTR(-ENOMEM)`, `NULL`, `true`, `void`. */
+  /** `5`, `-2 (-ENOENT?)`, `0xffff… (init_task)`, `ERR_PTR(-ENOMEM)`, `NULL`, `true`, `void`. */
   readonly text: string;
-  /** The error a negative integer or an ERR_PTR stands for (positive errno). */
+  /**
+   * The error an ERR_PTR stands for, or a small negative integer would if it is an error code
+   * (positive errno).
+   */
   readonly errno?: number;
 }
 
@@ -250,31 +261,32 @@ export function decodeReturn(returns: ValueClass, rax: bigint, symbolize?: (addr
   switch (returns.kind) {
     case 'void':
     case 'unsupported':
-      return { raw, value: undefined, text: 'void' };
+      return { kind: 'void', raw, value: undefined, text: 'void' };
     case 'integer':
     case 'enum': {
       const bits = returns.size * 8;
       if (returns.kind === 'integer' && returns.bool) {
         const b = (raw & 0xffn) !== 0n;
-        return { raw, value: b, text: String(b) };
+        return { kind: 'bool', raw, value: b, text: String(b) };
       }
       const v = returns.signed ? BigInt.asIntN(bits, raw) : BigInt.asUintN(bits, raw);
       if (returns.kind === 'enum') {
-        for (const [name, value] of returns.enumerators) if (BigInt.asUintN(bits, value) === BigInt.asUintN(bits, v)) return { raw, value: v, text: `${v} (${name})` };
+        for (const [name, value] of returns.enumerators) if (BigInt.asUintN(bits, value) === BigInt.asUintN(bits, v)) return { kind: 'integer', raw, value: v, text: `${v} (${name})` };
       }
       if (returns.signed && v < 0n && v >= -BigInt(MAX_ERRNO)) {
-        return { raw, value: v, text: `${v} (${describeErrno(Number(v))})`, errno: Number(-v) };
+        // Most kernel functions return -errno on error, but not all (strcmp): the name is a reading.
+        return { kind: 'integer', raw, value: v, text: `${v} (${describeErrno(Number(v))}?)`, errno: Number(-v) };
       }
-      return { raw, value: v, text: v.toString() };
+      return { kind: 'integer', raw, value: v, text: v.toString() };
     }
     case 'pointer': {
-      if (raw === 0n) return { raw, value: raw, text: 'NULL' };
+      if (raw === 0n) return { kind: 'pointer', raw, value: raw, text: 'NULL' };
       if (raw > U64 - BigInt(MAX_ERRNO)) {
         const err = Number(BigInt.asIntN(64, raw));
-        return { raw, value: raw, text: `ERR_PTR(${describeErrno(err)})`, errno: -err };
+        return { kind: 'pointer', raw, value: raw, text: `ERR_PTR(${describeErrno(err)})`, errno: -err };
       }
       const name = symbolize?.(raw);
-      return { raw, value: raw, text: name ? `0x${raw.toString(16)} (${name})` : `0x${raw.toString(16)}` };
+      return { kind: 'pointer', raw, value: raw, text: name ? `0x${raw.toString(16)} (${name})` : `0x${raw.toString(16)}` };
     }
   }
 }

@@ -10,8 +10,9 @@
  *  - kernel mode (CS.RPL 0) and interrupts enabled (RFLAGS.IF);
  *  - preemptible: the per-CPU preempt count is 0 apart from x86's inverted need-resched bit
  *    (bit 31), so not in an interrupt, softirq or atomic section;
- *  - `current` is a user process (not a kernel thread, not exiting, with an mm), and the stack
- *    pointer lies in its own kernel stack with room below it;
+ *  - `current` is a user process (not a kernel thread, not exiting, with an mm, not init — a
+ *    call that oopses kills its task), and the stack pointer lies in its own kernel stack with
+ *    room below it;
  *  - whatever the caller further asks of the task (root credentials, the initial pid namespace).
  */
 import type { Kernel } from '../../kernel/kernel.ts';
@@ -137,6 +138,8 @@ export function checkSafePoint(
     if (facts.flags & PF_KTHREAD) return { ok: false, reason: `kernel thread ${facts.comm}` };
     if (facts.flags & PF_EXITING) return { ok: false, reason: `task ${facts.pid} is exiting` };
     if (facts.mm === 0n) return { ok: false, reason: `task ${facts.pid} has no user memory` };
+    // Should a call oops, the kernel kills the task that made it: never init.
+    if (facts.tgid === 1) return { ok: false, reason: 'init (pid 1): a call that failed there would take the system down' };
     if (regs.rsp <= facts.stack || regs.rsp - facts.stack > MAX_STACK_SPAN) {
       return { ok: false, reason: `rsp 0x${regs.rsp.toString(16)} is not on task ${facts.pid}'s stack` };
     }
@@ -159,6 +162,11 @@ export function withCapability(cap: number, what: string): TaskFilter {
 
 /** A filter for tasks of the initial pid namespace, where pids mean what the host user typed. */
 export const inInitialPidNamespace: TaskFilter = (t) => (t.pidNsLevel === 0 ? undefined : `task ${t.pid} (${t.comm}) is in a child pid namespace`);
+
+/** A filter for one process (any of its threads), e.g. for a function that acts on `current`. */
+export function inProcess(tgid: number): TaskFilter {
+  return (t) => (t.tgid === tgid ? undefined : `task ${t.pid} (${t.comm}) is not in process ${tgid}`);
+}
 
 /** Several filters: the first refusal wins. */
 export function allOf(...filters: (TaskFilter | undefined)[]): TaskFilter {

@@ -24,7 +24,7 @@ import { TargetError, UsageError, VmlensError } from '../../util/errors.ts';
 import { appendAudit, auditTargetOf, type AuditValue } from '../audit.ts';
 import { VcpuControl, type VcpuControlOptions, type X86Registers } from '../vcpu.ts';
 import type { CallArg } from './args.ts';
-import { layoutFrame } from './frame.ts';
+import { layoutFrame, type Frame } from './frame.ts';
 import { checkSafePoint, PerCpuLayout, safePointAddresses, type SafePoint, type TaskFilter } from './safe-point.ts';
 import { findReturnTrap } from './trap.ts';
 
@@ -67,6 +67,10 @@ const DEFAULT_SAFE_POINT_TIMEOUT_MS = 20_000;
 const DEFAULT_RETURN_TIMEOUT_MS = 60_000;
 /** How often the user hears that a call has not returned yet. */
 const RETURN_NOTICE_MS = 10_000;
+/** How often a running call's task is checked for having died. */
+const TASK_CHECK_MS = 1_000;
+const PF_EXITING = 0x4n;
+const DIED = 'died';
 
 function taskState(regs: X86Registers): Partial<X86Registers> {
   const out: Partial<Record<keyof X86Registers, bigint>> = {};
@@ -80,6 +84,8 @@ const hex = (v: bigint): string => `0x${v.toString(16)}`;
 export class KernelCalls {
   private thread: number;
   private abandoned = false;
+  private signalsSeen: number;
+  private toldAboutSignal = false;
   readonly records: CallRecord[] = [];
 
   constructor(
@@ -90,6 +96,7 @@ export class KernelCalls {
     private readonly opts: CallSessionOptions,
   ) {
     this.thread = point.thread;
+    this.signalsSeen = control.signalsReceived;
   }
 
   /** The vCPU thread the borrowed task is on now (it may move while a call sleeps). */
@@ -116,20 +123,59 @@ export class KernelCalls {
     await this.control.setRegisters(this.thread, { ...frame.registers, rip: address, rsp: frame.rsp });
     await this.control.insertBreakpoint(this.trap);
     const started = Date.now();
+    await this.control.resume();
+    try {
+      return await this.awaitReturn(name, address, args, frame, started);
+    } catch (e) {
+      // Whatever failed while the function ran, it may run still: its task must not be taken
+      // back from under it.
+      this.abandoned = true;
+      throw e;
+    }
+  }
+
+  private async awaitReturn(name: string, address: bigint, args: readonly CallArg[], frame: Frame, started: number): Promise<bigint> {
     const deadline = started + (this.opts.returnTimeoutMs ?? DEFAULT_RETURN_TIMEOUT_MS);
     const expectRsp = frame.rsp + 8n;
-    let signalsSeen = this.control.signalsReceived;
     let lastNotice = started;
+    let giveUp: string | undefined;
     for (;;) {
-      await this.control.resume();
-      const outcome = await this.control.waitForStop(Math.max(1, Math.min(RETURN_NOTICE_MS, deadline - Date.now())));
-      if (outcome.kind === 'stop') {
-        const thread = outcome.stop.thread ?? this.thread;
+      // The guest keeps running between waits: a long call is not stopped every second.
+      const outcome =
+        giveUp === undefined
+          ? await this.control.waitForStop(Math.max(1, Math.min(TASK_CHECK_MS, deadline - Date.now())), { keepRunning: true, signalsSeen: this.signalsSeen })
+          : undefined;
+      let stop = outcome?.kind === 'stop' ? outcome.stop : undefined;
+      if (stop === undefined && giveUp === undefined) {
+        const now = Date.now();
+        // Once a task is borrowed, the work runs to its end: a first signal (also one that came
+        // between calls) is told about, a second one gives up on the running call.
+        if (outcome?.kind === 'signal' && !this.toldAboutSignal && now < deadline) {
+          this.toldAboutSignal = true;
+          this.signalsSeen = this.control.signalsReceived;
+          this.opts.notice?.(`${name} is running in the guest and cannot be stopped; waiting for it to return (signal again to give up on it)`);
+          continue;
+        }
+        if (outcome?.kind === 'signal') giveUp = 'on request';
+        else if (this.taskDied()) giveUp = DIED;
+        else if (now >= deadline) giveUp = `after ${Math.round((now - started) / 1000)} s`;
+        else {
+          if (now - lastNotice >= RETURN_NOTICE_MS) {
+            lastNotice = now;
+            this.opts.notice?.(`${name} has not returned after ${Math.round((now - started) / 1000)} s (it may be sleeping); waiting`);
+          }
+          continue;
+        }
+      }
+      // Giving up stops the guest first; a return that raced with that still counts.
+      if (stop === undefined) stop = await this.control.stop();
+      if (stop !== undefined) {
+        const thread = stop.thread ?? this.thread;
         const regs = await this.control.registers(thread);
         if (regs.rip === this.trap && regs.rsp === expectRsp) {
           this.thread = thread;
           await this.control.removeBreakpoint(this.trap);
-          const record: CallRecord = { function: name, address, args: argValues(frame.registers, args, frame.placed), result: regs.rax, thread, ms: Date.now() - started };
+          const record: CallRecord = { function: name, address, args: argValues(args, frame.placed), result: regs.rax, thread, ms: Date.now() - started };
           this.records.push(record);
           return regs.rax;
         }
@@ -139,27 +185,28 @@ export class KernelCalls {
           this.opts.notice?.(`another context (vCPU ${thread - 1}, rsp ${hex(regs.rsp)}) reached the call trap; letting it pass`);
           await this.control.stepOver(thread, this.trap);
         }
-        continue;
-      }
-      const now = Date.now();
-      if (outcome.kind === 'signal' && this.control.signalsReceived - signalsSeen === 1 && now < deadline) {
-        signalsSeen = this.control.signalsReceived;
-        this.opts.notice?.(`${name} is running in the guest and cannot be stopped; waiting for it to return (signal again to give up on it)`);
-        continue;
-      }
-      if (outcome.kind === 'timeout' && now < deadline) {
-        if (now - lastNotice >= RETURN_NOTICE_MS) {
-          lastNotice = now;
-          this.opts.notice?.(`${name} has not returned after ${Math.round((now - started) / 1000)} s (it may be sleeping); waiting`);
+        if (giveUp === undefined) {
+          if (VcpuControl.isForeignPause(stop)) await this.control.waitWhilePausedElsewhere(Math.max(0, deadline - Date.now()));
+          await this.control.resume();
+          continue;
         }
-        continue;
       }
-      this.abandoned = true;
-      const why = outcome.kind === 'signal' ? 'on request' : `after ${Math.round((now - started) / 1000)} s`;
+      const task = `task ${this.point.task.pid} (${this.point.task.comm})`;
+      if (giveUp === DIED) throw new TargetError(`${name} did not return: ${task} died while running it (an oops in the guest? see its kernel log)`);
       throw new TargetError(
-        `${name} did not return; vmlens gave up waiting ${why}. Task ${this.point.task.pid} (${this.point.task.comm}) cannot be given back: ` +
-          `when ${name} returns, the task hits an int3 at ${hex(this.trap)} and the kernel oopses it`,
+        `${name} did not return; vmlens gave up waiting ${giveUp}. The ${task} cannot be given back: ` +
+          `should ${name} ever return, the task hits an int3 at ${hex(this.trap)} and the kernel oopses it`,
       );
+    }
+  }
+
+  /** Whether the borrowed task is exiting or gone: then the call will never return. */
+  private taskDied(): boolean {
+    try {
+      const flags = this.k.space.readU64Big(this.point.task.task + BigInt(this.k.offsetOf('task_struct', 'flags')));
+      return (flags & PF_EXITING) !== 0n;
+    } catch {
+      return true;
     }
   }
 
@@ -169,8 +216,12 @@ export class KernelCalls {
   }
 }
 
-function argValues(registers: Readonly<Record<string, bigint>>, args: readonly CallArg[], placed: readonly (bigint | undefined)[]): bigint[] {
-  return args.map((a, i) => (a.kind === 'value' ? BigInt.asUintN(64, a.value) : (placed[i] ?? registers.rdi!)));
+function argValues(args: readonly CallArg[], placed: readonly (bigint | undefined)[]): bigint[] {
+  return args.map((a, i) => (a.kind === 'value' ? BigInt.asUintN(64, a.value) : (placed[i] ?? 0n)));
+}
+
+function interrupted(control: VcpuControl): VmlensError {
+  return new VmlensError(`interrupted by ${control.lastSignalReceived ?? 'a signal'} while waiting for a safe point; nothing was changed`);
 }
 
 /** Wait for a safe point; the breakpoints are gone again when this returns or throws. */
@@ -182,12 +233,14 @@ async function waitForSafePoint(k: Kernel, control: VcpuControl, opts: CallSessi
   const timeoutMs = opts.safePointTimeoutMs ?? DEFAULT_SAFE_POINT_TIMEOUT_MS;
   const deadline = Date.now() + timeoutMs;
   const rejected = new Map<string, number>();
+  const signalsSeen = control.signalsReceived;
   for (const p of points) await control.insertBreakpoint(p.address);
   try {
     for (;;) {
+      if (control.signalsReceived !== signalsSeen) throw interrupted(control);
       await control.resume();
-      const outcome = await control.waitForStop(Math.max(1, deadline - Date.now()));
-      if (outcome.kind === 'signal') throw new VmlensError(`interrupted by ${outcome.signal} while waiting for a safe point; nothing was changed`);
+      const outcome = await control.waitForStop(Math.max(1, deadline - Date.now()), { signalsSeen });
+      if (outcome.kind === 'signal') throw interrupted(control);
       if (outcome.kind === 'timeout') {
         const seen = [...rejected.entries()].sort((a, b) => b[1] - a[1]).slice(0, 3).map(([r, n]) => `${r} (${n}×)`);
         throw new TargetError(
@@ -198,7 +251,11 @@ async function waitForSafePoint(k: Kernel, control: VcpuControl, opts: CallSessi
       const thread = outcome.stop.thread ?? 1;
       const regs = await control.registers(thread);
       const at = byAddress.get(regs.rip);
-      if (at === undefined) continue; // a stop that is not ours (a pause from elsewhere)
+      if (at === undefined) {
+        // Not one of our breakpoints: a pause made elsewhere, to be waited out.
+        if (VcpuControl.isForeignPause(outcome.stop)) await control.waitWhilePausedElsewhere(Math.max(0, deadline - Date.now()));
+        continue;
+      }
       const verdict = checkSafePoint(k, percpu, regs, opts.taskFilter);
       if (verdict.ok) return { thread, registers: regs, task: verdict.task, at };
       rejected.set(verdict.reason, (rejected.get(verdict.reason) ?? 0) + 1);

@@ -5,9 +5,11 @@
  */
 import type { Command } from 'commander';
 import { callKernelFunction, type CallResult, type ReturnValue } from '../../actions/call/index.ts';
+import { inProcess } from '../../actions/call/safe-point.ts';
 import type { CallSessionOptions } from '../../actions/call/session.ts';
 import { killProcesses, parseSignal, signalList, signalName, type KillResult } from '../../actions/kill.ts';
 import { removeModule } from '../../actions/rmmod.ts';
+import { listTasks } from '../../analyses/ps.ts';
 import type { Kernel } from '../../kernel/kernel.ts';
 import { openKernel } from '../../kernel/open.ts';
 import { TargetError, UsageError } from '../../util/errors.ts';
@@ -54,6 +56,11 @@ async function withLiveKernel<T>(cmd: Command, fn: (k: Kernel, opts: GlobalOptio
   });
 }
 
+function processId(text: string): number {
+  if (!/^[0-9]+$/.test(text) || Number(text) === 0) throw new UsageError(`'${text}' is not a process id (a pid > 0; no process groups)`);
+  return Number(text);
+}
+
 function addTimingOptions(c: Command): Command {
   return c
     .option('--timeout <seconds>', 'how long to wait for a task to reach a safe point (default 20)')
@@ -85,10 +92,17 @@ export function register(program: Command): void {
       .command('call')
       .description('call a kernel function in the running guest, as a process at a system call exit would (prototype checked against BTF)')
       .argument('<function>', 'kernel function name, e.g. strlen')
-      .argument('[args...]', 'numbers, enumerator names, &symbol, NULL, strings for char/void pointers ("text", str:text, hex:00ff)'),
-  ).action(async (name: string, args: string[], o: TimingOptions, cmd: Command) => {
+      .argument('[args...]', 'numbers, enumerator names, &symbol, NULL, strings for char/void pointers ("text", str:text, hex:00ff)')
+      .option('--task <pid>', 'make the call in this process (when it next exits a system call): its `current`'),
+  ).action(async (name: string, args: string[], o: TimingOptions & { task?: string }, cmd: Command) => {
+    const task = o.task === undefined ? undefined : processId(o.task);
     await withLiveKernel(cmd, async (k, opts) => {
-      const r = await callKernelFunction(k, name, args, { ...sessionOptions(o), dryRun: o.dryRun });
+      if (task !== undefined && !listTasks(k).some((t) => t.tgid === task)) throw new UsageError(`no process with pid ${task} in the guest`);
+      const r = await callKernelFunction(k, name, args, {
+        ...sessionOptions(o),
+        dryRun: o.dryRun,
+        ...(task !== undefined ? { taskFilter: inProcess(task), taskDescription: `in process ${task}` } : {}),
+      });
       if (r.returned === undefined) {
         emit(opts, () => callJson(r), () => `dry run: would call ${r.prototype} at 0x${r.address.toString(16)} with (${args.join(', ')})`);
         return;
@@ -120,10 +134,7 @@ export function register(program: Command): void {
     }
     if (rest[0] === '--') rest = rest.slice(1);
     if (rest.length === 0) throw new UsageError('give at least one pid');
-    const pids = rest.map((p) => {
-      if (!/^[0-9]+$/.test(p)) throw new UsageError(`'${p}' is not a process id (vmlens kill takes pids > 0, no process groups)`);
-      return Number(p);
-    });
+    const pids = rest.map(processId);
     const sig = signal ?? 15;
     await withLiveKernel(cmd, async (k, opts) => {
       const results = await killProcesses(k, pids, sig, { ...sessionOptions(o), dryRun: o.dryRun });
