@@ -9,6 +9,7 @@ import { vaFromParts } from '../mmu/va.ts';
 import { UsageError } from '../util/errors.ts';
 import { Warnings } from '../util/warnings.ts';
 import type { Btf } from './btf/index.ts';
+import { ModuleTypes, SymbolsWithModules } from './modules.ts';
 import { KObject, objectAt, type ObjectContext } from './object.ts';
 
 /** Symbol lookups the kernel layer needs (kallsyms, optionally System.map, module symbols). */
@@ -53,12 +54,18 @@ export class Kernel implements ObjectContext {
   readonly layout: KernelLayout;
   readonly warnings: Warnings;
   private readonly offsets = new Map<string, number>();
+  /** Core symbols, with the modules' own symbols added on first need. */
+  private readonly withModules: SymbolsWithModules;
+  private readonly moduleTypes: ModuleTypes;
 
   constructor(parts: KernelParts) {
     this.machine = parts.machine;
     this.space = parts.space;
     this.btf = parts.btf;
-    this.symbols = parts.symbols;
+    this.withModules = new SymbolsWithModules(parts.symbols);
+    this.withModules.attach(this);
+    this.symbols = this.withModules;
+    this.moduleTypes = new ModuleTypes(this);
     this.layout = parts.layout;
     this.warnings = parts.warnings ?? new Warnings();
   }
@@ -82,9 +89,33 @@ export class Kernel implements ObjectContext {
     return objectAt(this, type, this.symbol(name));
   }
 
-  /** An object of `type` at `address`. */
+  /** An object of `type` at `address`; a type vmlinux lacks is looked for in the modules' BTF. */
   object(type: string | number, address: bigint): KObject {
-    return objectAt(this, type, address);
+    try {
+      return objectAt(this, type, address);
+    } catch (e) {
+      if (typeof type !== 'string' || !(e instanceof UsageError)) throw e;
+      const found = this.moduleTypes.contextFor(type, this);
+      if (!found) throw e;
+      return objectAt(found.ctx, type, address);
+    }
+  }
+
+  /** A module's BTF (split over vmlinux's), or undefined when it has none (or it is unreadable). */
+  moduleBtf(name: string): Btf | undefined {
+    return this.moduleTypes.btf(name);
+  }
+
+  /** Which module's BTF defines a type vmlinux lacks, and that BTF. */
+  findModuleType(type: string): { module: string; btf: Btf } | undefined {
+    const found = this.moduleTypes.contextFor(type, this);
+    return found && { module: found.module, btf: found.ctx.btf };
+  }
+
+  /** Forget module symbols and types read so far: a live guest loads and unloads modules. */
+  refreshModules(): void {
+    this.moduleTypes.reset();
+    this.withModules.reload();
   }
 
   /** Byte offset of a struct member, cached: the hot loops' way to read fields. */

@@ -37,7 +37,7 @@ export async function openKernel(machine: Machine, opts: OpenKernelOptions = {})
   const reader = readerFor(machine);
   if (opts.frozen !== undefined) reader.setFrozen(opts.frozen);
   const vcpus = await machine.vcpus();
-  const space = kernelSpace(reader, vcpus);
+  let space = kernelSpace(reader, vcpus);
   const image = kernelImageRange(space);
 
   let symbols: SymbolTable;
@@ -53,6 +53,7 @@ export async function openKernel(machine: Machine, opts: OpenKernelOptions = {})
       throw e;
     }
   }
+  space = kernelRootSpace(space, symbols) ?? space;
   const textBase = symbols.lookup('_text') ?? symbols.lookup('_stext') ?? image.start;
   const btf = loadBtf(space, symbols, opts.btfFile);
   const readVar = (name: string): bigint | undefined => {
@@ -101,6 +102,25 @@ export function kernelSpace(reader: PhysReader, vcpus: readonly VcpuState[]): Ad
   return new AddressSpace(reader, found.root, found.levels);
 }
 
+/**
+ * The kernel's own top-level page table, init_mm's (init_top_pgt on x86-64), as the space's root.
+ * A vCPU's CR3 is seldom it: a CPU running a process uses that process's table, and an idle CPU
+ * keeps the last process's one loaded (lazy TLB). Such a table maps the kernel the same way, but
+ * it belongs to a process: when the process exits, its page is freed and reused — for the next
+ * process's table, which the kernel fills afresh (zeroes, then the kernel half) — and a space
+ * rooted there reads zeros or garbage for a while. init_top_pgt lives as long as the kernel.
+ * Undefined when the symbol is missing or does not map the kernel image (then CR3 stays).
+ */
+function kernelRootSpace(space: AddressSpace, symbols: SymbolTable): AddressSpace | undefined {
+  const top = symbols.lookup('init_top_pgt');
+  if (top === undefined) return undefined;
+  const pa = space.tryTranslate(top);
+  if (pa === null || pa % 4096 !== 0) return undefined;
+  if (pa === space.root) return space;
+  const candidate = new AddressSpace(space.reader, pa, space.levels);
+  return mapsKernelImage(candidate) ? candidate : undefined;
+}
+
 function firstMappedImagePage(space: AddressSpace): bigint | undefined {
   for (let va = KERNEL_IMAGE_MAP; va < KERNEL_IMAGE_MAP_END; va += TWO_MIB) {
     if (space.tryTranslate(va) !== null) return va;
@@ -124,13 +144,23 @@ export function kernelImageRange(space: AddressSpace): { start: bigint; end: big
  * The kernel's BTF: vmlinux keeps it in its own image between __start_BTF and __stop_BTF
  * (CONFIG_DEBUG_INFO_BTF). A file given by the user wins.
  */
-function loadBtf(space: AddressSpace, symbols: SymbolTable, file: string | undefined): Btf {
-  if (file !== undefined) return Btf.parse(btfBlobFromFile(readFileChecked(file)));
+export function loadBtf(space: AddressSpace, symbols: SymbolTable, file: string | undefined): Btf {
+  if (file !== undefined) {
+    const bytes = readFileChecked(file);
+    try {
+      return Btf.parse(btfBlobFromFile(bytes));
+    } catch (e) {
+      // Name the file: the user gave it, and the parser's message alone does not say which.
+      if (e instanceof VmlensError) throw new UsageError(`--btf ${file}: ${e.message}`);
+      throw e;
+    }
+  }
   const start = symbols.lookup('__start_BTF');
   const stop = symbols.lookup('__stop_BTF');
   if (start === undefined || stop === undefined || stop <= start) {
+    const why = start === undefined || stop === undefined ? 'no __start_BTF/__stop_BTF symbols' : '__stop_BTF is not above __start_BTF';
     throw new GuestDataError(
-      'the guest kernel carries no BTF (built without CONFIG_DEBUG_INFO_BTF): give its types with --btf FILE (a raw BTF blob, or a vmlinux with a .BTF section)',
+      `the guest kernel carries no BTF (${why}: built without CONFIG_DEBUG_INFO_BTF?): give its types with --btf FILE (a raw BTF blob, or a vmlinux with a .BTF section)`,
     );
   }
   const size = Number(stop - start);

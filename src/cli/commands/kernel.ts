@@ -123,9 +123,19 @@ export function register(program: Command): void {
     .action(async (name: string, _o: unknown, cmd: Command) => {
       await withKernel(cmd, (k, opts) => {
         const candidates = [name, `struct ${name}`, `union ${name}`];
-        const id = candidates.map((c) => k.btf.findTypeId(c)).find((x) => x !== undefined);
-        if (id === undefined) throw new UsageError(`no type '${name}' in the kernel's BTF`);
-        const layout = structLayout(k.btf, id);
+        let btf = k.btf;
+        let id = candidates.map((c) => btf.findTypeId(c)).find((x) => x !== undefined);
+        // Types of modules live in each module's own (split) BTF.
+        for (const c of id === undefined ? candidates : []) {
+          const found = k.findModuleType(c);
+          if (found) {
+            btf = found.btf;
+            id = btf.findTypeId(c);
+            break;
+          }
+        }
+        if (id === undefined) throw new UsageError(`no type '${name}' in the kernel's or its modules' BTF`);
+        const layout = structLayout(btf, id);
         emit(opts, () => layout, () => formatLayout(layout).join('\n'));
       });
     });

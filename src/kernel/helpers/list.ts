@@ -63,8 +63,17 @@ export class ListCursor {
     const pl = vaAddLo(this.lo, this.linkOffset);
     const pa = space.translate(ph, pl);
     if (pa < 0) return this.stop(`node at ${hex(this.hi, this.lo)} is not mapped`);
-    const lo = space.readU64(ph, pl);
-    const hi = space.hi;
+    // Translated once: the link is read at its physical address unless it straddles a page.
+    let lo: number;
+    let hi: number;
+    if ((pl & 0xfff) <= 4088) {
+      const r = space.reader;
+      lo = r.u64(pa);
+      hi = r.hi;
+    } else {
+      lo = space.readU64(ph, pl);
+      hi = space.hi;
+    }
     if (hi === this.headHi && lo === this.headLo) return false;
     if (hi === 0 && lo === 0) return this.stop(`NULL link after ${this.count} entries`);
     if (++this.count > this.limit) return this.stop(`more than ${this.limit} entries; stopped`);

@@ -91,9 +91,17 @@ function nodeLayout(tree: KObject): NodeLayout {
   return l;
 }
 
-/** xa_is_node(): an internal entry above the reserved range. */
+/** xa_is_node(): how ma_root marks a node (mte_mk_root sets the low bits to 10). */
 function isNode(lo: number, hi: number): boolean {
   return (lo & 3) === 2 && (hi !== 0 || lo > 4096);
+}
+
+/**
+ * A child slot of an internal node holds a plain encoded node (mt_mk_node): the node address
+ * with the type in bits 3..6 and bit 2 as a "has NULLs" hint, low two bits clear.
+ */
+function isChild(lo: number, hi: number): boolean {
+  return (lo & 3) === 0 && (hi !== 0 || (lo & ~MAPLE_NODE_MASK) !== 0);
 }
 
 /** Entries the normal API never returns: NULL, XA_ZERO_ENTRY and other reserved internal values. */
@@ -224,7 +232,7 @@ export function* mtForEach(tree: KObject, limits: MapleWalkLimits = {}): Generat
           }
           yield { first: prev, last: pivot, entry: vaFromParts(sHi, sLo) };
         }
-      } else if (isNode(sLo, sHi)) {
+      } else if (isChild(sLo, sHi)) {
         children.push({ hi: sHi, lo: sLo, min: prev, max: pivot, depth: p.depth + 1 });
       } else if (sLo !== 0 || sHi !== 0) {
         warn(`node ${at} slot ${i}: child 0x${vaFromParts(sHi, sLo).toString(16)} is not a node; skipped`);
@@ -251,7 +259,7 @@ function* denseEntries(p: Pending, dv: DataView, L: NodeLayout, warn: (m: string
 /** The encoded-node helpers, for tests that build trees. */
 export const MAPLE = { MAPLE_DENSE, MAPLE_LEAF_64, MAPLE_RANGE_64, MAPLE_ARANGE_64, XA_ZERO_ENTRY, encode: mteEncode };
 
-/** mt_mk_node(): the encoded pointer of a node of `type` at `node` (256-byte aligned). */
-function mteEncode(node: bigint, type: number): bigint {
-  return node | (BigInt(type) << BigInt(MAPLE_NODE_TYPE_SHIFT)) | 2n;
+/** mt_mk_node() (and mte_mk_root() with `root`): the encoded pointer of a node of `type` at `node`. */
+function mteEncode(node: bigint, type: number, root = false): bigint {
+  return node | (BigInt(type) << BigInt(MAPLE_NODE_TYPE_SHIFT)) | 4n | (root ? 2n : 0n);
 }

@@ -15,7 +15,7 @@ import { KObject } from '../object.ts';
 import type { WalkLimits } from './list.ts';
 import { mtForEach } from './maple-tree.ts';
 
-/** The kernel's own ceiling on VMAs per process is sysctl vm.max_map_count (65530 by default). */
+/** Stops runaway walks only: the kernel caps VMAs per process at vm.max_map_count (65530 by default, settable higher). */
 export const DEFAULT_VMA_LIMIT = 1_000_000;
 
 /**

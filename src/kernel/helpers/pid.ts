@@ -11,6 +11,7 @@
  * tasks[PIDTYPE_TGID] is non-empty), and independent of the task list that for_each_process
  * walks: where the two disagree, something unlinked a task from one of them.
  */
+import { GuestDataError } from '../../util/errors.ts';
 import type { Kernel } from '../kernel.ts';
 import { objectAt, type KObject } from '../object.ts';
 import { hlistForEachEntry } from './list.ts';
@@ -24,7 +25,7 @@ const MAX_TASKS_PER_PID = 1 << 20;
 
 function pidTypeIndex(ctx: KObject['ctx'], type: PidType): number {
   const v = ctx.btf.enumValue('pid_type', type);
-  if (v === undefined) throw new Error(`the kernel's BTF has no ${type}`);
+  if (v === undefined) throw new GuestDataError(`the kernel's BTF has no ${type}`);
   return Number(v);
 }
 
