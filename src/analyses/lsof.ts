@@ -59,7 +59,7 @@ const IP_PROTOCOLS: Record<number, string> = { 0: 'IP', 1: 'ICMP', 6: 'TCP', 17:
 
 export function listOpenFiles(k: Kernel, opts: LsofOptions = {}): FileRow[] {
   const tasks = selectProcesses(k, opts.pids);
-  const root = opts.root !== undefined ? opts.root : readerRoot(k, tasks.length > 0 && tasks.some((t) => t.pid === 1) ? tasks : undefined);
+  const root = opts.root !== undefined ? opts.root : readerRoot(k, tasks);
   const rows: FileRow[] = [];
   for (const t of tasks) {
     try {

@@ -49,7 +49,7 @@ export interface MapsOptions {
 /** Memory areas of every selected process (kernel threads have none). */
 export function listMaps(k: Kernel, opts: MapsOptions = {}): MapRow[] {
   const tasks = selectProcesses(k, opts.pids);
-  const root = opts.root !== undefined ? opts.root : readerRoot(k);
+  const root = opts.root !== undefined ? opts.root : readerRoot(k, tasks);
   const rows: MapRow[] = [];
   for (const t of tasks) {
     try {

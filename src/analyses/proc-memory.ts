@@ -4,10 +4,13 @@
  * and a dump of every memory area to files (dump-proc).
  *
  * Pages that are not present (never touched, swapped out, or file data not yet faulted in) cannot
- * be brought in from outside: strings stop there with a warning, dumps write zeros and list them.
+ * be faulted in from outside: strings stop there with a warning; dumps take file pages from the
+ * page cache when it holds them (what the process would see on first touch), and write zeros for
+ * the rest and list them.
  */
 import { closeSync, mkdirSync, openSync, ftruncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { filemapPagePhys } from '../kernel/helpers/filemap.ts';
 import { accessRemoteVm, mmAddressSpace } from '../kernel/helpers/mm.ts';
 import { structReader } from '../kernel/helpers/struct-reader.ts';
 import type { Kernel } from '../kernel/kernel.ts';
@@ -165,6 +168,10 @@ export interface DumpedArea {
   readonly file: string;
   /** Bytes written from memory (the rest of the area reads as zeros). */
   readonly presentBytes: number;
+  /** Of those, bytes of file pages the process had not mapped, taken from the page cache. */
+  readonly pageCacheBytes: number;
+  /** Address ranges filled from the page cache. */
+  readonly pageCache: readonly { readonly start: bigint; readonly end: bigint }[];
   /** Address ranges inside the area whose pages were not present: written as zeros. */
   readonly missing: readonly { readonly start: bigint; readonly end: bigint }[];
 }
@@ -175,6 +182,7 @@ export interface DumpIndex {
   readonly areas: readonly DumpedArea[];
   readonly totalBytes: number;
   readonly presentBytes: number;
+  readonly pageCacheBytes: number;
 }
 
 export interface DumpProgress {
@@ -186,6 +194,11 @@ export interface DumpOptions {
   readonly progress?: DumpProgress;
   /** Skip areas larger than this many bytes (listed with presentBytes 0 and no file). Default 64 GiB. */
   readonly maxAreaBytes?: number;
+  /**
+   * Fill file-backed pages the process has not faulted in from the file's page cache, as the
+   * process would see them on first touch (default true).
+   */
+  readonly pageCache?: boolean;
 }
 
 /** Areas bigger than this are not dumped: a guard against hostile or reserved-but-empty giants. */
@@ -209,6 +222,7 @@ export function dumpProcess(k: Kernel, pid: number, outDir: string, opts: DumpOp
   const total = maps.reduce((s, m) => s + Number(m.end - m.start), 0);
   let covered = 0; // bytes of the areas already finished
   let presentTotal = 0;
+  let cacheTotal = 0;
   const areas: DumpedArea[] = [];
   const buf = new Uint8Array(COPY_CHUNK);
   for (const m of maps) {
@@ -216,14 +230,16 @@ export function dumpProcess(k: Kernel, pid: number, outDir: string, opts: DumpOp
     const file = areaFileName(m);
     if (size > maxArea) {
       k.warnings.warn('dump-proc', `pid ${pid}: area 0x${m.start.toString(16)}-0x${m.end.toString(16)} (${size} bytes) is larger than ${maxArea}; skipped`);
-      areas.push({ start: m.start, end: m.end, perms: m.perms, offset: m.offset, path: m.path, file: '', presentBytes: 0, missing: [{ start: m.start, end: m.end }] });
+      areas.push({ start: m.start, end: m.end, perms: m.perms, offset: m.offset, path: m.path, file: '', presentBytes: 0, pageCacheBytes: 0, pageCache: [], missing: [{ start: m.start, end: m.end }] });
       covered += size;
       opts.progress?.(covered, total);
       continue;
     }
     const fd = openSync(join(outDir, file), 'w');
-    const missing: { start: bigint; end: bigint }[] = [];
+    let missing: { start: bigint; end: bigint }[] = [];
     let present = 0;
+    let fromCache = 0;
+    let cached: { start: bigint; end: bigint }[] = [];
     try {
       ftruncateSync(fd, size);
       let cursor = m.start;
@@ -247,17 +263,65 @@ export function dumpProcess(k: Kernel, pid: number, outDir: string, opts: DumpOp
         cursor = runEnd;
       }
       if (cursor < m.end) missing.push({ start: cursor, end: m.end });
+      if (m.fileBacked && (opts.pageCache ?? true) && missing.length > 0) {
+        const filled = fillFromPageCache(k, m, missing, (va, page) => writeSync(fd, page, 0, 4096, Number(va - m.start)));
+        fromCache = filled.bytes;
+        present += filled.bytes;
+        missing = filled.missing;
+        cached = filled.filled;
+      }
     } finally {
       closeSync(fd);
     }
     covered += size;
     opts.progress?.(covered, total);
     presentTotal += present;
-    areas.push({ start: m.start, end: m.end, perms: m.perms, offset: m.offset, path: m.path, file, presentBytes: present, missing: mergeRanges(missing) });
+    cacheTotal += fromCache;
+    areas.push({ start: m.start, end: m.end, perms: m.perms, offset: m.offset, path: m.path, file, presentBytes: present, pageCacheBytes: fromCache, pageCache: cached, missing: mergeRanges(missing) });
   }
-  const index: DumpIndex = { pid, comm: t.comm, areas, totalBytes: total, presentBytes: presentTotal };
+  const index: DumpIndex = { pid, comm: t.comm, areas, totalBytes: total, presentBytes: presentTotal, pageCacheBytes: cacheTotal };
   writeFileSync(join(outDir, 'index.json'), JSON.stringify(index, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2));
   return index;
+}
+
+/**
+ * Pages of `missing` inside a file-backed area, read from the file's page cache: page p of the
+ * area is page vm_pgoff + p of the file. Returns the bytes filled and what is still missing.
+ */
+function fillFromPageCache(
+  k: Kernel,
+  m: MapRow,
+  missing: readonly { start: bigint; end: bigint }[],
+  write: (va: bigint, page: Uint8Array) => void,
+): { bytes: number; missing: { start: bigint; end: bigint }[]; filled: { start: bigint; end: bigint }[] } {
+  const r = structReader(k);
+  const file = r.ptr(m.vma, 'vm_area_struct', 'vm_file');
+  const mapping = file === 0n ? 0n : r.ptr(file, 'file', 'f_mapping');
+  if (mapping === 0n) return { bytes: 0, missing: [...missing], filled: [] };
+  const page = new Uint8Array(4096);
+  const still: { start: bigint; end: bigint }[] = [];
+  const filled: { start: bigint; end: bigint }[] = [];
+  let bytes = 0;
+  const firstIndex = Number(m.offset >> 12n);
+  for (const gap of missing) {
+    for (let va = gap.start; va < gap.end; va += 4096n) {
+      let pa: number | undefined;
+      try {
+        pa = filemapPagePhys(k, mapping, firstIndex + Number((va - m.start) >> 12n));
+      } catch (e) {
+        k.warnings.warn('dump-proc', `page cache of ${m.path} at 0x${va.toString(16)}: ${(e as Error).message}`);
+      }
+      if (pa === undefined) {
+        still.push({ start: va, end: va + 4096n });
+        continue;
+      }
+      k.space.reader.read(pa, page);
+      write(va, page);
+      filled.push({ start: va, end: va + 4096n });
+      bytes += 4096;
+    }
+  }
+  return { bytes, missing: mergeRanges(still), filled: mergeRanges(filled) };
 }
 
 function mergeRanges(ranges: { start: bigint; end: bigint }[]): { start: bigint; end: bigint }[] {

@@ -26,7 +26,7 @@ export function selectProcesses(k: Kernel, pids?: ReadonlySet<number>): TaskRow[
  * namespaces, such as a root shell, sees the same), else init_task's.
  */
 export function readerRoot(k: Kernel, tasks?: readonly TaskRow[]): PathRef | null {
-  const init = (tasks ?? listTasks(k)).find((t) => t.pid === 1);
+  const init = tasks?.find((t) => t.pid === 1) ?? listTasks(k).find((t) => t.pid === 1);
   if (init) {
     try {
       const root = taskRoot(k, init.task);
