@@ -91,9 +91,13 @@ export function parseCount(text: string, what: string, max = Number.MAX_SAFE_INT
 }
 
 /** Open the target and find its kernel (kallsyms, BTF) — the start of every kernel command. */
-export async function withKernel<T>(cmd: Command, fn: (kernel: Kernel, opts: GlobalOptions) => Promise<T> | T): Promise<T> {
+export async function withKernel<T>(
+  cmd: Command,
+  fn: (kernel: Kernel, opts: GlobalOptions) => Promise<T> | T,
+  how: { readonly pause?: boolean } = {},
+): Promise<T> {
   return withMachine(cmd, async (machine, opts) => {
-    const paused = opts.consistent ? await pauseForCommand(machine) : undefined;
+    const paused = opts.consistent || how.pause ? await pauseForCommand(machine) : undefined;
     const frozen = paused !== undefined || !machine.live;
     try {
       let kernel: Kernel;
@@ -114,4 +118,20 @@ export async function withKernel<T>(cmd: Command, fn: (kernel: Kernel, opts: Glo
       if (paused) await paused.resume();
     }
   });
+}
+
+let exitCode = 0;
+
+/**
+ * The exit status a command asks for without failing (e.g. `check` with findings); main()
+ * returns it and resets it, so one command's status never leaks into the next in the shell.
+ */
+export function setExitCode(code: number): void {
+  exitCode = code;
+}
+
+export function takeExitCode(): number {
+  const c = exitCode;
+  exitCode = 0;
+  return c;
 }

@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { isVmlensError } from '../util/errors.ts';
 import { commandModules } from './commands/index.ts';
+import { takeExitCode } from './context.ts';
 
 /**
  * The `vmlens` command line. Global options name the target and the output; every command
@@ -33,8 +34,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   const debug = argv.includes('--debug');
   try {
     await program.parseAsync([...argv], { from: 'user' });
-    return 0;
+    return takeExitCode();
   } catch (e) {
+    takeExitCode();
     if (e instanceof CommanderError) {
       // Commander already printed its message (usage errors, --help, --version).
       return e.exitCode === 0 ? 0 : 2;

@@ -81,3 +81,27 @@ export function symbolType(k: Kernel, address: bigint): string | undefined {
   const s = (k.symbols as RichSymbols).symbolize(address);
   return s && s.offset === 0n ? s.type : undefined;
 }
+
+interface IndexedSymbols {
+  indexAtOrBelow?(hi: number, lo: number): number;
+  name?(i: number): string;
+  address?(i: number): bigint;
+  readonly count: number;
+  /** A table that wraps the kernel's own (adding module symbols) keeps it here. */
+  readonly core?: IndexedSymbols;
+}
+
+/** Every kernel symbol name at exactly `address` (aliases: __x64_sys_ni_syscall and __do_sys_ni_syscall…). */
+export function namesAt(k: Kernel, address: bigint): string[] {
+  let s = k.symbols as IndexedSymbols;
+  for (let depth = 0; depth < 4 && !s.indexAtOrBelow && s.core; depth++) s = s.core;
+  if (!s.indexAtOrBelow || !s.name || !s.address) {
+    const one = k.symbols.symbolize(address);
+    return one && one.offset === 0n ? [one.name] : [];
+  }
+  const out: string[] = [];
+  for (let i = s.indexAtOrBelow(Number(address >> 32n) >>> 0, Number(address & 0xffff_ffffn)); i >= 0 && i < s.count && s.address(i) === address && out.length < 64; i++) {
+    out.push(s.name(i));
+  }
+  return out;
+}

@@ -9,7 +9,7 @@
  */
 import type { Kernel } from '../../kernel/kernel.ts';
 import { MODULE_STATES, moduleSymbols, takeModuleCensus, type CensusModule, type ModuleCensus } from './module-census.ts';
-import { CheckReport, type Check, type CheckContext, type CheckResult, type Severity } from './types.ts';
+import { CheckReport, guestDataError, type Check, type CheckContext, type CheckResult, type Severity } from './types.ts';
 
 const NAME = 'hidden-modules';
 
@@ -65,7 +65,8 @@ function evidenceOf(k: Kernel, m: CensusModule): Record<string, string | number 
   for (const r of m.regions) evidence[r.kind] = `0x${r.start.toString(16)}-0x${r.end.toString(16)} (${r.end - r.start} bytes)`;
   try {
     evidence.taints = `0x${mod.member('taints').big().toString(16)}`;
-  } catch {
+  } catch (e) {
+    guestDataError(e);
     /* no taints member: nothing to add */
   }
   const symbols = moduleSymbols(k, m.address);
@@ -73,7 +74,8 @@ function evidenceOf(k: Kernel, m: CensusModule): Record<string, string | number 
     evidence.symbols = symbols.length;
     const text = m.regions.find((r) => r.kind === 'text');
     if (text) {
-      const inText = symbols.filter((s) => s.address >= text.start && s.address < text.end).map((s) => s.name);
+      // __pfx_* symbols name the padding in front of each function (6.2+): not functions.
+      const inText = symbols.filter((s) => s.address >= text.start && s.address < text.end && !s.name.startsWith('__pfx_')).map((s) => s.name);
       evidence.functions = inText.slice(0, 12).concat(inText.length > 12 ? [`… ${inText.length - 12} more`] : []);
     }
   }

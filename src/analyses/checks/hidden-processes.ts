@@ -17,13 +17,14 @@
  * is) is reported, with every record that holds it and the state of the links it lost.
  */
 import { vaHi, vaLo } from '../../mmu/va.ts';
+import { GuestDataError } from '../../util/errors.ts';
 import { listForEachEntry } from '../../kernel/helpers/list.ts';
 import { forEachPid, pidTasks } from '../../kernel/helpers/pid.ts';
 import { cpuRq, rqForEachTask } from '../../kernel/helpers/sched.ts';
 import type { Kernel } from '../../kernel/kernel.ts';
 import { readCString, type KObject } from '../../kernel/object.ts';
 import { listTasks } from '../ps.ts';
-import { CheckReport, type Check, type CheckContext, type CheckResult } from './types.ts';
+import { CheckReport, guestDataError, type Check, type CheckContext, type CheckResult } from './types.ts';
 
 const NAME = 'hidden-processes';
 /** More children than one task can have (pid_max is at most 2^22). */
@@ -59,7 +60,7 @@ export function runHiddenProcesses(k: Kernel): CheckResult {
     try {
       idle.add(cpuRq(k, cpu).member('idle').ptr());
     } catch (e) {
-      k.warnings.warn(NAME, `run queue of CPU ${cpu}: ${(e as Error).message}`);
+      k.warnings.warn(NAME, `run queue of CPU ${cpu}: ${guestDataError(e).message}`);
     }
   }
 
@@ -78,7 +79,7 @@ export function runHiddenProcesses(k: Kernel): CheckResult {
   let pids = 0;
   try {
     const ns = k.variable('init_pid_ns', 'struct pid_namespace');
-    if (!ns.hasMember('idr')) throw new Error('this kernel keeps pids in a hash, not an IDR; not supported');
+    if (!ns.hasMember('idr')) throw new GuestDataError('this kernel keeps pids in a hash (before 4.15), not an IDR: not supported');
     for (const { nr, pid } of forEachPid(ns)) {
       pids++;
       try {
@@ -87,12 +88,12 @@ export function runHiddenProcesses(k: Kernel): CheckResult {
           seen(task.address, `pid table (pid ${nr})`);
         }
       } catch (e) {
-        k.warnings.warn(NAME, `pid ${nr} at 0x${pid.address.toString(16)}: ${(e as Error).message}`);
+        k.warnings.warn(NAME, `pid ${nr} at 0x${pid.address.toString(16)}: ${guestDataError(e).message}`);
       }
     }
     report.count('pid table', pids);
   } catch (e) {
-    k.warnings.warn(NAME, `pid table: ${(e as Error).message}`);
+    k.warnings.warn(NAME, `pid table: ${guestDataError(e).message}`);
     report.count('pid table', 'unreadable');
   }
 
@@ -105,7 +106,7 @@ export function runHiddenProcesses(k: Kernel): CheckResult {
         seen(task.address, `run queue of CPU ${cpu} (${queue === 'curr' ? 'running' : queue})`);
       }
     } catch (e) {
-      k.warnings.warn(NAME, `run queue of CPU ${cpu}: ${(e as Error).message}`);
+      k.warnings.warn(NAME, `run queue of CPU ${cpu}: ${guestDataError(e).message}`);
     }
   }
   report.count('run queues', queued);
@@ -130,16 +131,23 @@ export function runHiddenProcesses(k: Kernel): CheckResult {
         seen(t.member(member).ptr(), `${role} of pid ${who.pid} (${who.comm})`);
       }
     } catch (e) {
-      k.warnings.warn(NAME, `family of pid ${who.pid} at 0x${task.toString(16)}: ${(e as Error).message}`);
+      k.warnings.warn(NAME, `family of pid ${who.pid} at 0x${task.toString(16)}: ${guestDataError(e).message}`);
     }
   }
   report.count('family links', links);
+
+  // A running guest forks and reaps while the records are read one after the other: a task
+  // that was born since the task list was walked is on it now. (A paused guest gives the same
+  // answer twice.)
+  if (sightings.size > 0 && k.machine.live) {
+    for (const row of listTasks(k, { threads: true })) sightings.delete(row.task);
+  }
 
   for (const [task, where] of sightings) {
     try {
       reportHidden(k, report, task, where, pidNumberOf.get(task), listed);
     } catch (e) {
-      k.warnings.warn(NAME, `task 0x${task.toString(16)} (${where.join('; ')}): ${(e as Error).message}`);
+      k.warnings.warn(NAME, `task 0x${task.toString(16)} (${where.join('; ')}): ${guestDataError(e).message}`);
     }
   }
 
@@ -189,7 +197,7 @@ function reportHidden(k: Kernel, report: CheckReport, task: bigint, where: strin
       evidence['/proc listing'] = inTgid ? `listed (pid->tasks[PIDTYPE_TGID] holds it)` : `not listed: pid->tasks[PIDTYPE_TGID] does not hold it, so ps cannot see it`;
     }
   } catch (e) {
-    evidence['/proc listing'] = `unknown (${(e as Error).message})`;
+    evidence['/proc listing'] = `unknown (${guestDataError(e).message})`;
   }
   const parent = t.member('real_parent').ptr();
   const p = listed.get(parent);

@@ -9,6 +9,7 @@ import { isVmlensError, UsageError } from '../../util/errors.ts';
 import { hiddenModules } from './hidden-modules.ts';
 import { hiddenProcesses } from './hidden-processes.ts';
 import { kernelText } from './kernel-text.ts';
+import { loadKernelImage } from './vmlinux-image.ts';
 import { syscallHooks } from './syscall-hooks.ts';
 import { tainted } from './tainted.ts';
 import type { Check, CheckContext, CheckOptions, CheckResult } from './types.ts';
@@ -30,6 +31,15 @@ export function selectChecks(names: readonly string[] = []): Check[] {
     if (!c) throw new UsageError(`no check named '${n}' (checks: ${checkNames().join(', ')})`);
     return c;
   });
+}
+
+/**
+ * Read the inputs that do not depend on the guest (the kernel image for kernel-text) before
+ * a live guest is paused: decompressing a bzImage takes seconds the guest need not wait.
+ */
+export function prepareCheckOptions(checks: readonly Check[], options: CheckOptions): CheckOptions {
+  if (options.vmlinux === undefined || options.image || !checks.includes(kernelText)) return options;
+  return { ...options, image: loadKernelImage(options.vmlinux) };
 }
 
 /** Run `checks` over `kernel`, sharing intermediate results between them. */

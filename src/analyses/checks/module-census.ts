@@ -18,6 +18,7 @@ import { listForEachEntry } from '../../kernel/helpers/list.ts';
 import { rbtreeInorderForEachEntry } from '../../kernel/helpers/rbtree.ts';
 import type { Kernel } from '../../kernel/kernel.ts';
 import { readCString, type KObject } from '../../kernel/object.ts';
+import { guestDataError } from './types.ts';
 
 /** Where a module was found. */
 export type ModuleRecord = 'module list' | 'sysfs' | 'module tree' | 'module BTF list' | 'module users' | 'memory scan';
@@ -44,7 +45,7 @@ export interface CensusModule {
 
 export interface ModuleCensus {
   readonly modules: ReadonlyMap<bigint, CensusModule>;
-  /** How many modules each record holds. */
+  /** How many distinct modules each record holds. */
   readonly counts: Readonly<Record<ModuleRecord, number>>;
   /** The module and region an address falls in, if any. */
   locate(address: bigint): { module: CensusModule; region: ModuleRegion } | undefined;
@@ -67,17 +68,11 @@ const MAX_REGION = 1 << 30;
 /** Take the census of loaded modules: read every record, then merge them by struct module address. */
 export function takeModuleCensus(k: Kernel): ModuleCensus {
   const modules = new Map<bigint, CensusModule>();
-  const counts: Record<ModuleRecord, number> = {
-    'module list': 0,
-    sysfs: 0,
-    'module tree': 0,
-    'module BTF list': 0,
-    'module users': 0,
-    'memory scan': 0,
-  };
+  const records: ModuleRecord[] = ['module list', 'sysfs', 'module tree', 'module BTF list', 'module users', 'memory scan'];
+  const seenIn = new Map<ModuleRecord, Set<bigint>>(records.map((r) => [r, new Set<bigint>()]));
   const found = (address: bigint, record: ModuleRecord): void => {
     if (address === 0n) return;
-    counts[record]++;
+    seenIn.get(record)!.add(address);
     const have = modules.get(address);
     if (have) {
       have.records.add(record);
@@ -90,7 +85,15 @@ export function takeModuleCensus(k: Kernel): ModuleCensus {
     try {
       fn();
     } catch (e) {
-      k.warnings.warn(`modules: ${record}`, (e as Error).message);
+      k.warnings.warn(`modules: ${record}`, guestDataError(e).message);
+    }
+  };
+  /** One entry of a record; an unreadable one is warned about and the walk goes on. */
+  const entry = (record: ModuleRecord, at: bigint, read: () => bigint): void => {
+    try {
+      found(read(), record);
+    } catch (e) {
+      k.warnings.warn(`modules: ${record}`, `entry at 0x${at.toString(16)}: ${guestDataError(e).message}`);
     }
   };
 
@@ -99,15 +102,13 @@ export function takeModuleCensus(k: Kernel): ModuleCensus {
       found(mod.address, 'module list');
     }
   });
-  for (const m of modules.values()) (m as { listed: boolean }).listed = true;
 
   guard('sysfs', () => {
     const kset = k.variable('module_kset', 'struct kset *');
     if (kset.isNull()) return;
     for (const kobj of listForEachEntry(kset.member('list'), 'struct kobject', 'entry', { what: 'module kset', limit: MAX_MODULES })) {
-      const mk = kobj.containerOf('struct module_kobject', 'kobj');
       // Built-in modules with parameters have a kobject but no struct module.
-      found(mk.member('mod').ptr(), 'sysfs');
+      entry('sysfs', kobj.address, () => kobj.containerOf('struct module_kobject', 'kobj').member('mod').ptr());
     }
   });
 
@@ -116,14 +117,14 @@ export function takeModuleCensus(k: Kernel): ModuleCensus {
     const root = k.variable('mod_tree', 'struct mod_tree_root').member('root').member('tree').index(0);
     const nodeOff = BigInt(k.offsetOf('mod_tree_node', 'node'));
     for (const ln of rbtreeInorderForEachEntry(root, 'struct latch_tree_node', 'node', { what: 'module tree', limit: MAX_MODULES * 8 })) {
-      found(k.object('struct mod_tree_node', ln.address - nodeOff).member('mod').ptr(), 'module tree');
+      entry('module tree', ln.address, () => k.object('struct mod_tree_node', ln.address - nodeOff).member('mod').ptr());
     }
   });
 
   guard('module BTF list', () => {
     if (!k.hasSymbol('btf_modules') || !k.btf.findType('struct btf_module')) return;
     for (const bm of listForEachEntry(k.variable('btf_modules', 'struct list_head'), 'struct btf_module', 'list', { what: 'module BTF list', limit: MAX_MODULES })) {
-      found(bm.member('module').ptr(), 'module BTF list');
+      entry('module BTF list', bm.address, () => bm.member('module').ptr());
     }
   });
 
@@ -132,10 +133,10 @@ export function takeModuleCensus(k: Kernel): ModuleCensus {
     for (const m of listed) {
       const mod = k.object('struct module', m.address);
       for (const use of listForEachEntry(mod.member('source_list'), 'struct module_use', 'source_list', { what: 'module users', limit: MAX_MODULES })) {
-        found(use.member('source').ptr(), 'module users');
+        entry('module users', use.address, () => use.member('source').ptr());
       }
       for (const use of listForEachEntry(mod.member('target_list'), 'struct module_use', 'target_list', { what: 'module users', limit: MAX_MODULES })) {
-        found(use.member('target').ptr(), 'module users');
+        entry('module users', use.address, () => use.member('target').ptr());
       }
     }
   });
@@ -145,6 +146,7 @@ export function takeModuleCensus(k: Kernel): ModuleCensus {
   });
 
   const all = [...modules.values()];
+  const counts = Object.fromEntries(records.map((r) => [r, seenIn.get(r)!.size])) as Record<ModuleRecord, number>;
   return {
     modules,
     counts,
@@ -163,9 +165,10 @@ function describeModule(k: Kernel, address: bigint, record: ModuleRecord): Censu
     const mod = k.object('struct module', address);
     const name = mod.member('name').str(MODULE_NAME_LEN);
     const state = mod.member('state').num();
-    return { address, name, state, listed: false, records: new Set([record]), regions: moduleRegions(mod) };
+    // The module list is read first: a module is listed exactly when that walk described it.
+    return { address, name, state, listed: record === 'module list', records: new Set([record]), regions: moduleRegions(mod) };
   } catch (e) {
-    k.warnings.warn(`modules: ${record}`, `struct module at 0x${address.toString(16)}: ${(e as Error).message}`);
+    k.warnings.warn(`modules: ${record}`, `struct module at 0x${address.toString(16)}: ${guestDataError(e).message}`);
     return undefined;
   }
 }
@@ -243,7 +246,8 @@ export function scanModuleArea(k: Kernel): bigint[] {
       const va = range.va + BigInt(off);
       try {
         space.read(va, buf.subarray(0, len));
-      } catch {
+      } catch (e) {
+        guestDataError(e);
         continue; // unmapped since the walk: the guest is running
       }
       scanned += len;
@@ -274,7 +278,8 @@ function plausibleModule(k: Kernel, address: bigint, stateOff: number, nameOff: 
     if (name.length === 0 || name.length >= MODULE_NAME_LEN || !/^[\x21-\x7e]+$/.test(name)) return false;
     const regions = moduleRegions(k.object('struct module', address));
     return regions.some((r) => address >= r.start && address < r.end);
-  } catch {
+  } catch (e) {
+    guestDataError(e);
     return false;
   }
 }
@@ -314,14 +319,15 @@ export function moduleSymbols(k: Kernel, address: bigint): ModuleSymbol[] {
       let name: string;
       try {
         name = readCString(k.space, Number(na >> 32n) >>> 0, Number(na & 0xffff_ffffn), 256);
-      } catch {
+      } catch (e) {
+        guestDataError(e);
         continue;
       }
       if (name.length > 0) out.push({ name, address: value, size });
     }
     return out.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
   } catch (e) {
-    k.warnings.warn('modules: symbols', `module at 0x${address.toString(16)}: ${(e as Error).message}`);
+    k.warnings.warn('modules: symbols', `module at 0x${address.toString(16)}: ${guestDataError(e).message}`);
     return [];
   }
 }

@@ -19,9 +19,9 @@
 import type { Kernel } from '../../kernel/kernel.ts';
 import { BtfKind } from '../../kernel/btf/index.ts';
 import { readCString } from '../../kernel/object.ts';
-import { codeMap, lookupAll, symbolSize, symbolType, type CodeMap, type CodeTarget } from './code-map.ts';
+import { codeMap, lookupAll, namesAt, symbolSize, symbolType, type CodeMap, type CodeTarget } from './code-map.ts';
 import { moduleCensus } from './hidden-modules.ts';
-import { CheckReport, type Check, type CheckContext, type CheckResult } from './types.ts';
+import { CheckReport, guestDataError, type Check, type CheckContext, type CheckResult } from './types.ts';
 
 const NAME = 'syscall-hooks';
 /** More entries than any system call table has (x86-64 has ~460). */
@@ -40,8 +40,8 @@ export const syscallHooks: Check = {
       try {
         fn();
       } catch (e) {
-        k.warnings.warn(`${NAME}: ${what}`, (e as Error).message);
-        report.count(what, `unreadable (${(e as Error).message})`);
+        k.warnings.warn(`${NAME}: ${what}`, guestDataError(e).message);
+        report.count(what, `unreadable (${guestDataError(e).message})`);
       }
     };
     guard('sys_call_table', () => checkSyscallTable(k, map, report, 'sys_call_table', '__x64_'));
@@ -112,10 +112,13 @@ function syscallProblem(k: Kernel, target: CodeTarget | undefined, value: bigint
     if (expected !== undefined && !lookupAll(k, prefix + bootName).includes(value)) return `instead of ${prefix}${bootName}`;
     if (expected !== undefined) return undefined;
   }
-  // No boot record for this number: it must be the start of some system call handler.
+  // No boot record for this number: it must be the start of some system call handler (under
+  // any of the names at that address).
   if (target.offset !== 0n) return 'which is not the start of a handler';
-  const sym = target.symbol ?? '';
-  if (sym.startsWith(prefix + 'sys_') || sym.startsWith(prefix + 'compat_sys_') || sym === 'sys_ni_syscall') return undefined;
+  const handler = (n: string): boolean => n.startsWith(prefix + 'sys_') || n.startsWith(prefix + 'compat_sys_') || n === 'sys_ni_syscall';
+  if (namesAt(k, value).some(handler)) return undefined;
+  // Holes: the "not implemented" handler, whichever of its aliases the symbol table lists first.
+  if ([`${prefix}sys_ni_syscall`, 'sys_ni_syscall'].some((n) => lookupAll(k, n).includes(value))) return undefined;
   return 'which is not a system call handler';
 }
 
@@ -145,7 +148,7 @@ function bootNames(k: Kernel, n: number): (string | undefined)[] {
       out.push(/^sys_[a-z0-9_]+$/.test(name) && recordedNr === nr ? name : undefined);
     }
   } catch (e) {
-    k.warnings.warn(`${NAME}: syscalls_metadata`, (e as Error).message);
+    k.warnings.warn(`${NAME}: syscalls_metadata`, guestDataError(e).message);
   }
   return out;
 }
@@ -154,12 +157,25 @@ function bootNames(k: Kernel, n: number): (string | undefined)[] {
 
 /** Entry code the IDT may lead to: exception and system-vector stubs, the IRQ stub arrays, int 0x80. */
 const IDT_HANDLER = /^(asm_|irq_entries_start$|spurious_entries_start$|entry_INT80|xen_asm_)/;
+/** Exception vectors 0-31: the early boot handlers cover them all. */
+const NUM_EXCEPTION_VECTORS = 32;
+/**
+ * Size of one early exception stub (EARLY_IDT_HANDLER_SIZE: 9 bytes, 13 with an ENDBR64 in
+ * front under IBT): the array's extent over its 32 stubs, or 9 when the extent is unknown.
+ */
+function earlyStubSize(k: Kernel, array: bigint): bigint {
+  const size = symbolSize(k, array);
+  return size !== undefined && size > 0n && size % BigInt(NUM_EXCEPTION_VECTORS) === 0n ? size / BigInt(NUM_EXCEPTION_VECTORS) : 9n;
+}
 
 function checkIdt(k: Kernel, map: CodeMap, report: CheckReport, ctx: CheckContext): void {
   const idt = k.symbol('idt_table');
   const raw = k.space.readBytes(idt, IDT_ENTRIES * GATE_SIZE);
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   let present = 0;
+  let earlyStubs = 0;
+  const early = k.symbols.lookup('early_idt_handler_array');
+  const earlyStub = early === undefined ? 0n : earlyStubSize(k, early);
   for (let v = 0; v < IDT_ENTRIES; v++) {
     const p = v * GATE_SIZE;
     const bits = dv.getUint16(p + 4, true);
@@ -167,6 +183,12 @@ function checkIdt(k: Kernel, map: CodeMap, report: CheckReport, ctx: CheckContex
     present++;
     const handler = BigInt(dv.getUint16(p, true)) | (BigInt(dv.getUint16(p + 6, true)) << 16n) | (BigInt(dv.getUint32(p + 8, true)) << 32n);
     const target = map.classify(handler);
+    // At boot every exception vector gets a stub of early_idt_handler_array; vectors this CPU
+    // and configuration never raise (#VE without TDX, #CP without IBT…) keep it, in init text.
+    if (early !== undefined && v < NUM_EXCEPTION_VECTORS && handler === early + BigInt(v) * earlyStub) {
+      earlyStubs++;
+      continue;
+    }
     const evidence = {
       table: 'idt_table',
       'table address': idt,
@@ -182,6 +204,7 @@ function checkIdt(k: Kernel, map: CodeMap, report: CheckReport, ctx: CheckContex
     }
   }
   report.count('IDT gates', present);
+  if (earlyStubs > 0) report.count('IDT gates left on early boot stubs', earlyStubs);
 
   // Each vCPU must use that table (directly, or through its read-only alias in the CPU entry area).
   const idtPa = k.space.tryTranslate(idt);
@@ -246,7 +269,7 @@ function checkOperationTables(k: Kernel, map: CodeMap, report: CheckReport): voi
         try {
           value = k.space.readU64Big(base + BigInt(offset));
         } catch (e) {
-          k.warnings.warn(`${NAME}: ${symbol}`, `${name}: ${(e as Error).message}`);
+          k.warnings.warn(`${NAME}: ${symbol}`, `${name}: ${guestDataError(e).message}`);
           continue;
         }
         if (value === 0n) continue;

@@ -5,7 +5,9 @@
  * every record, and it cannot hide the memory it lives in from a reader outside the guest.
  */
 import type { Kernel } from '../../kernel/kernel.ts';
+import { isVmlensError, type VmlensError } from '../../util/errors.ts';
 import type { VcpuState } from '../../machine/types.ts';
+import type { KernelImage } from './vmlinux-image.ts';
 
 /**
  * How much a finding matters:
@@ -47,6 +49,8 @@ export interface CheckResult {
 export interface CheckOptions {
   /** The kernel's image on disk (a vmlinux ELF or a bzImage), for kernel-text. */
   readonly vmlinux?: string;
+  /** That image already read (see prepareCheckOptions: decompressing it takes seconds). */
+  readonly image?: KernelImage;
 }
 
 export interface Check {
@@ -93,4 +97,14 @@ export class CheckReport {
   skipped(why: string): CheckResult {
     return { check: this.check, findings: [...this.findings], examined: { ...this.examined }, skipped: why };
   }
+}
+
+/**
+ * In a catch block around a read of guest data: what the guest can cause is a VmlensError (a
+ * fault, a corrupt structure) and is returned for the warning; anything else is a bug in
+ * vmlens and is thrown on.
+ */
+export function guestDataError(e: unknown): VmlensError {
+  if (isVmlensError(e)) return e;
+  throw e;
 }

@@ -1,14 +1,12 @@
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { checkNames, CHECKS, prepareCheckOptions, runChecks, selectChecks, type CheckResult, type EvidenceValue, type Finding } from '../../analyses/checks/index.ts';
-import { openKernel } from '../../kernel/open.ts';
-import { pauseForCommand } from '../../machine/pause.ts';
 import { UsageError } from '../../util/errors.ts';
-import { emit, reportWarnings, withMachine } from '../context.ts';
+import { emit, setExitCode, withKernel } from '../context.ts';
 
 /**
  * `vmlens check [name…]`: the detection checks (src/analyses/checks), all of them or those
- * named. A live guest is paused while they run: they compare several of the kernel's records
+ * named; exit status 1 when anything above info is found. A live guest is paused while they run: they compare several of the kernel's records
  * with each other, which is only sound if all of them are read at one instant.
  */
 export function register(program: Command): void {
@@ -23,21 +21,20 @@ export function register(program: Command): void {
       const checks = selectChecks(names);
       if (o.vmlinux !== undefined && !existsSync(o.vmlinux)) throw new UsageError(`no such file: ${o.vmlinux}`);
       const options = prepareCheckOptions(checks, o.vmlinux !== undefined ? { vmlinux: o.vmlinux } : {});
-      await withMachine(cmd, async (machine, opts) => {
-        const paused = o.pause || opts.consistent ? await pauseForCommand(machine) : undefined;
-        try {
-          const kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: paused !== undefined || !machine.live });
+      await withKernel(
+        cmd,
+        async (kernel, opts) => {
           const results = await runChecks(kernel, checks, options);
           emit(
             opts,
             () => ({ results, warnings: kernel.warnings.items }),
             () => renderResults(results),
           );
-          if (!opts.json) reportWarnings(kernel.warnings);
-        } finally {
-          if (paused) await paused.resume();
-        }
-      });
+          // Like a linter: findings above info make the exit status 1, for scripts.
+          if (results.some((r) => r.findings.some((f) => f.severity !== 'info'))) setExitCode(1);
+        },
+        { pause: o.pause },
+      );
     });
 }
 

@@ -7,7 +7,6 @@
  */
 import type { Command } from 'commander';
 import { watchProcesses, type WatchEvent, type WatchStats } from '../../analyses/watch.ts';
-import { QemuMachine } from '../../machine/qemu.ts';
 import { UsageError } from '../../util/errors.ts';
 import { parseCount, withKernel } from '../context.ts';
 
@@ -37,7 +36,7 @@ export async function runWatch(cmd: Command, flags: WatchFlags, pids?: ReadonlyS
 
   await withKernel(cmd, async (kernel, opts) => {
     // The watch needs only guest memory from here on: free the QMP monitor for other commands.
-    if (kernel.machine instanceof QemuMachine) await kernel.machine.releaseMonitor();
+    await kernel.machine.releaseMonitor?.();
     const json = opts.json === true;
     const status = !json && process.stderr.isTTY === true ? new StatusLine() : undefined;
     const abort = new AbortController();
@@ -131,7 +130,7 @@ function progressText(s: WatchStats): string {
 }
 
 function summaryText(s: WatchStats): string {
-  return `watched ${(s.elapsedMs / 1000).toFixed(1)} s: ${s.scans} scans (${Math.round(s.scansPerSecond)}/s), ${s.processes} processes now, ${s.started} started, ${s.exited} exited; ${s.tornScans} scans tore under a changing list and were retried (longest run ${s.longestTornRun})`;
+  return `watched ${(s.elapsedMs / 1000).toFixed(1)} s: ${s.scans} scans (${Math.round(s.scansPerSecond)}/s, longest gap ${Math.round(s.longestGapMs)} ms), ${s.processes} processes now, ${s.started} started, ${s.exited} exited; ${s.tornScans} scans tore under a changing list and were retried (longest run ${s.longestTornRun})`;
 }
 
 /** One status line on a terminal's stderr, redrawn in place. */
