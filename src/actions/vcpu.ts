@@ -17,7 +17,7 @@
  * (found through `info chardev`), and one is started (and stopped again at the end) only when
  * the QEMU has none.
  */
-import { createServer } from 'node:net';
+import { freeLoopbackPort } from '../util/net.ts';
 import { QemuMachine } from '../machine/qemu.ts';
 import type { Machine } from '../machine/types.ts';
 import { GdbRemote, type StopReply, type X86Registers } from '../source/gdb/rsp.ts';
@@ -87,18 +87,6 @@ export function parseGdbChardev(infoChardev: string): { host: string; port: numb
   // A stub listening on every interface is reached on loopback.
   if (host === '' || host === '0.0.0.0' || host === '::') host = '127.0.0.1';
   return { host, port };
-}
-
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** QEMU's gdbstub for this machine: the existing one, or a new one on a free loopback port. */

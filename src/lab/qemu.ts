@@ -1,5 +1,6 @@
+import { freeLoopbackPort } from '../util/net.ts';
 import { readFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { TargetError } from '../util/errors.ts';
 import { qmpExecute } from './qmp.ts';
 import { runTool } from './run.ts';
@@ -66,26 +67,13 @@ export function qemuArgs(c: QemuConfig): string[] {
   ];
 }
 
-/** A TCP port on 127.0.0.1 that nothing listens on right now. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => (port ? resolve(port) : reject(new TargetError('no free TCP port'))));
-    });
-  });
-}
-
 /**
  * Start QEMU daemonized: the call returns once QEMU has set up its devices and sockets (or
  * failed to, with its error). Returns QEMU's pid. A gdb port taken in the meantime is retried.
  */
 export async function startQemu(config: Omit<QemuConfig, 'gdbPort'>): Promise<{ pid: number; gdbPort: number }> {
   for (let attempt = 0; ; attempt++) {
-    const gdbPort = await freePort();
+    const gdbPort = await freeLoopbackPort();
     const r = await runTool(QEMU_BINARY, qemuArgs({ ...config, gdbPort }), { allowFailure: true, timeoutMs: 60_000 });
     if (r.code === 0) {
       const pid = Number(readFileSync(config.paths.pidFile, 'utf8').trim());

@@ -1,5 +1,5 @@
+import { freeLoopbackPort } from '../util/net.ts';
 import { chownSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Extent, rangesOf } from '../source/extents.ts';
@@ -225,19 +225,6 @@ async function hostLayout(qmp: QmpClient, layout: readonly Extent[]): Promise<Ex
     out.push({ gpa: e.gpa, size: e.size, offset: parseInt(m[2]!, 16) });
   }
   return out;
-}
-
-/** A TCP port free on the loopback interface right now. */
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 /** gdbstubs vmlens started itself (and so stops again on close), as opposed to one QEMU already had. */
