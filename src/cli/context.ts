@@ -97,18 +97,19 @@ export async function withKernel<T>(
   how: { readonly pause?: boolean } = {},
 ): Promise<T> {
   return withMachine(cmd, async (machine, opts) => {
+    // The kernel's symbols, types and layout do not change while it runs: find them first, and
+    // stop the guest (--consistent) only for the command itself.
+    let kernel: Kernel;
+    if (session?.kernel) {
+      kernel = session.kernel;
+      kernel.warnings.clear();
+    } else {
+      kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: !machine.live });
+      if (session) session.kernel = kernel;
+    }
     const paused = opts.consistent || how.pause ? await pauseForCommand(machine) : undefined;
-    const frozen = paused !== undefined || !machine.live;
+    readerFor(machine).setFrozen(paused !== undefined || !machine.live);
     try {
-      let kernel: Kernel;
-      if (session?.kernel) {
-        kernel = session.kernel;
-        kernel.warnings.clear();
-        readerFor(machine).setFrozen(frozen);
-      } else {
-        kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen });
-        if (session) session.kernel = kernel;
-      }
       const result = await fn(kernel, opts);
       reportWarnings(kernel.warnings);
       return result;

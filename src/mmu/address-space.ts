@@ -203,6 +203,18 @@ export class AddressSpace {
     return this.miss(hi | 0, vpn, slot) ? this.walker.pagePa + (lo & 0xfff) : -1;
   }
 
+  /**
+   * `translate`, leaving the guest-physical address in `out[index]`; false on a fault. Nothing
+   * is allocated even where V8 does not inline the call (an address above 2^30 returned as a
+   * number would be boxed): for loops that translate once and read many fields of a page.
+   */
+  translateTo(hi: number, lo: number, out: Float64Array, index: number): boolean {
+    const pa = this.translate(hi, lo);
+    if (pa < 0) return false;
+    out[index] = pa;
+    return true;
+  }
+
   readU8(hi: number, lo: number): number {
     const pa = this.translate(hi, lo);
     if (pa < 0) throw this.faultError(hi, lo);
@@ -275,7 +287,25 @@ export class AddressSpace {
       this.reader.read(pa, dst);
       return;
     }
-    this.reader.readMany(this.pieces(hi, lo, dst));
+    const r = this.reader;
+    if (r.hasWindows || r.frozen) {
+      r.readMany(this.pieces(hi, lo, dst, r.hasWindows));
+      return;
+    }
+    // A source without windows (a process's memory, a gdbstub) while the guest runs: each
+    // page-table entry read is a system call or a round trip, and every page of a long read would
+    // re-read the same few tables. So the pages are translated against one snapshot of the tables
+    // (the reader keeps whole pages meanwhile; each translation is exact for that snapshot), the
+    // snapshot and the translations made from it are dropped, and the data is read afresh —
+    // contiguous pages as one request, since nothing is cached by page now.
+    let pieces: PhysReadRequest[];
+    r.setFrozen(true);
+    try {
+      pieces = this.pieces(hi, lo, dst, true);
+    } finally {
+      r.setFrozen(false);
+    }
+    r.readMany(pieces);
   }
 
   readBytes(va: bigint, len: number): Uint8Array {
@@ -438,30 +468,33 @@ export class AddressSpace {
 
   /**
    * Translate every page of [(hi, lo), +buf.length) and return the physical pieces, merging
-   * physically contiguous pages when the reader has windows (which serve any length).
-   * Throws TranslationError at the first page that faults, before anything is transferred.
+   * physically contiguous pages when `merge` (the reader serves any length: it has windows, or
+   * keeps no page cache). Throws TranslationError at the first page that faults, before
+   * anything is transferred.
    */
-  private pieces(hi: number, lo: number, buf: Uint8Array): PhysReadRequest[] {
-    const out: { gpa: number; dst: Uint8Array }[] = [];
-    const merge = this.reader.hasWindows;
-    let prevEnd = -1;
-    let prevStart = 0;
+  private pieces(hi: number, lo: number, buf: Uint8Array, merge = this.reader.hasWindows): PhysReadRequest[] {
+    const out: PhysReadRequest[] = [];
+    // The current run of physically contiguous pages: where it starts (physical, and in buf) and
+    // where it would continue. A request is made when a run ends, not per page.
+    let runPa = -1;
+    let runStart = 0;
+    let runEnd = -1;
     for (let done = 0; done < buf.length; ) {
       const len = Math.min(buf.length - done, PAGE - (lo & 0xfff));
       const pa = this.translate(hi, lo);
       if (pa < 0) throw this.faultError(hi, lo);
-      if (merge && pa === prevEnd) {
-        out[out.length - 1]!.dst = buf.subarray(prevStart, done + len);
-      } else {
-        out.push({ gpa: pa, dst: buf.subarray(done, done + len) });
-        prevStart = done;
+      if (!merge || pa !== runEnd) {
+        if (runPa >= 0) out.push({ gpa: runPa, dst: buf.subarray(runStart, done) });
+        runPa = pa;
+        runStart = done;
       }
-      prevEnd = pa + len;
+      runEnd = pa + len;
       done += len;
       const next = lo + len;
       if (next >= TWO_32) hi = (hi + 1) >>> 0;
       lo = next >>> 0;
     }
+    if (runPa >= 0) out.push({ gpa: runPa, dst: buf.subarray(runStart) });
     return out;
   }
 
