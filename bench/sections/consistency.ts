@@ -1,7 +1,7 @@
 /**
  * What consistency costs the guest: how long `--consistent` keeps it stopped.
  * - `vmlens --consistent ps` from the command line: the pause it reports on stderr (the command
- *   pauses before it finds the kernel, so the pause covers kallsyms and BTF too);
+ *   finds the kernel first and pauses only for the listing itself);
  * - in-process, with the kernel already found (a long-running tool): QMP stop, the process list
  *   read frozen, QMP cont;
  * - QMP stop + cont alone.

@@ -216,7 +216,7 @@ function detailTable(r: BenchResults): string {
 function consistencyText(c: ConsistencyResult): string {
   return [
     'consistency (time the guest is stopped):',
-    `  vmlens --consistent ps (pauses, then finds the kernel and lists):  ${ms(c.cliPauseMs)}`,
+    `  vmlens --consistent ps (finds the kernel, then pauses to list):  ${ms(c.cliPauseMs)}`,
     `  in process, kernel already found: stop, list frozen, cont:         ${ms(c.scanPauseMs)}`,
     `  QMP stop + cont alone:                                              ${ms(c.stopContMs)}`,
   ].join('\n');
@@ -298,7 +298,7 @@ export function markdownReport(r: BenchResults): string {
     `¹ The host reading the same bytes from the same shared mapping with no translation. Measured by \`npm run bench\` on ${m.date.slice(0, 10)}: ${m.guest.tasks} tasks in a ${m.guest.memoryMiB} MiB ${m.guest.accel.toUpperCase()} guest (${m.guest.kernel}, ${m.guest.paging}-level paging), a shared ${m.host.cpus}-core host (load average ${m.host.loadBefore[0]?.toFixed(1)}); median of interleaved runs with the fastest run in parentheses, wall clock; ratios from the medians.`,
   ];
   if (r.consistency) {
-    lines.push('', `\`--consistent\` stops the guest for ${ms(r.consistency.cliPauseMs)} per \`vmlens ps\` (the kernel is found while paused); a tool that keeps the kernel open pauses it ${ms(r.consistency.scanPauseMs)} per process list (QMP stop + cont alone: ${ms(r.consistency.stopContMs)}).`);
+    lines.push('', `\`--consistent\` stops the guest for ${ms(r.consistency.cliPauseMs)} per \`vmlens ps\` (the kernel is found first, then the guest is paused for the listing); a tool that keeps the kernel open pauses it ${ms(r.consistency.scanPauseMs)} per process list (QMP stop + cont alone: ${ms(r.consistency.stopContMs)}).`);
   }
   if (r.transient) {
     const x = r.transient;
