@@ -4,15 +4,10 @@
  */
 import type { Kernel } from '../kernel/kernel.ts';
 import type { KObject } from '../kernel/object.ts';
+import type { UtsName } from '../kernel/locate/index.ts';
 
-export interface UnameRow {
-  readonly sysname: string;
-  readonly nodename: string;
-  readonly release: string;
-  readonly version: string;
-  readonly machine: string;
-  readonly domainname: string;
-}
+/** struct new_utsname, as `uname -a` shows it. */
+export type UnameRow = UtsName;
 
 export function utsNamespaceOf(task: KObject): KObject {
   return task.member('nsproxy').member('uts_ns');

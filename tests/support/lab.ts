@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { inject } from 'vitest';
 import { ensureInitramfs } from '../../src/lab/initramfs.ts';
 import { ensureKernel } from '../../src/lab/kernels.ts';
@@ -98,4 +101,31 @@ async function startGuest(config: LabConfig): Promise<LabGuest> {
     info = await labUp(opts);
   }
   return { info, console: await GuestConsole.forLab(info) };
+}
+
+const privateGuests = new Map<string, Promise<LabGuest>>();
+
+/**
+ * A guest of one test area's own (`<run prefix>-<area>`), for tests that change their guest in
+ * ways other files would see (killing processes, unloading modules, renaming the host), or that
+ * need another shape (`extra`: e.g. two vCPUs). Booted once per area per run, like labGuest.
+ */
+export function privateGuest(area: string, extra: Partial<LabUpOptions> = {}): Promise<LabGuest> {
+  let g = privateGuests.get(area);
+  if (!g) {
+    const ownerPid = keepGuests() ? undefined : owner();
+    g = (async () => {
+      const info = await labUp({ ...LAB_CONFIGS.default, ...extra, name: `${labPrefix()}-${area}`, ...(ownerPid !== undefined ? { ownerPid } : {}) });
+      return { info, console: await GuestConsole.forLab(info) };
+    })();
+    privateGuests.set(area, g);
+    g.catch(() => privateGuests.delete(area));
+  }
+  return g;
+}
+
+/** A private audit log file for one test file, removed by the returned cleanup. */
+export function tempAuditLog(tag: string): { path: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), `vmlens-${tag}-audit-`));
+  return { path: join(dir, 'audit.jsonl'), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }

@@ -6,43 +6,18 @@
  * so that a call can be seen to return on another vCPU than it started on. The default lab
  * configuration otherwise.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { inject } from 'vitest';
-import { GuestConsole, labUp, type LabInfo } from '../../../src/lab/index.ts';
-import { keepGuests, LAB_CONFIGS, labPrefix } from '../../support/lab.ts';
+import { GuestConsole } from '../../../src/lab/index.ts';
+import { privateGuest, tempAuditLog as sharedTempAuditLog, type LabGuest } from '../../support/lab.ts';
 
-export interface CallsGuest {
-  readonly info: LabInfo;
-  readonly console: GuestConsole;
-}
-
-let guest: Promise<CallsGuest> | undefined;
-
-function ownerPid(): number | undefined {
-  if (keepGuests()) return undefined;
-  try {
-    return inject('vmlensLabOwner');
-  } catch {
-    return undefined;
-  }
-}
+export type CallsGuest = LabGuest;
 
 export function callsGuest(): Promise<CallsGuest> {
-  guest ??= (async () => {
-    const owner = ownerPid();
-    const info = await labUp({ ...LAB_CONFIGS.default, cpus: 2, name: `${labPrefix()}-calls`, ...(owner !== undefined ? { ownerPid: owner } : {}) });
-    return { info, console: await GuestConsole.forLab(info) };
-  })();
-  guest.catch(() => (guest = undefined));
-  return guest;
+  return privateGuest('calls', { cpus: 2 });
 }
 
 /** A private audit log file, removed by the returned cleanup. */
 export function tempAuditLog(): { path: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), 'vmlens-calls-audit-'));
-  return { path: join(dir, 'audit.jsonl'), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return sharedTempAuditLog('calls');
 }
 
 /** Poll the guest until `check` returns a value (not undefined), or fail after `timeoutMs`. */

@@ -4,40 +4,16 @@
  * other test files compare with the shared lab guest's own view (uname -n…) while running in
  * parallel. Same configuration as the default lab guest otherwise.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { inject } from 'vitest';
 import type { Kernel } from '../../../src/kernel/kernel.ts';
 import { openKernel } from '../../../src/kernel/open.ts';
-import { GuestConsole, labUp, type LabInfo } from '../../../src/lab/index.ts';
+import { GuestConsole, type LabInfo } from '../../../src/lab/index.ts';
 import { attachQemu, type QemuMachine } from '../../../src/machine/qemu.ts';
-import { keepGuests, LAB_CONFIGS, labPrefix } from '../../support/lab.ts';
+import { privateGuest, tempAuditLog as sharedTempAuditLog, type LabGuest } from '../../support/lab.ts';
 
-export interface WritesGuest {
-  readonly info: LabInfo;
-  readonly console: GuestConsole;
-}
-
-let guest: Promise<WritesGuest> | undefined;
-
-function ownerPid(): number | undefined {
-  if (keepGuests()) return undefined;
-  try {
-    return inject('vmlensLabOwner');
-  } catch {
-    return undefined;
-  }
-}
+export type WritesGuest = LabGuest;
 
 export function writesGuest(): Promise<WritesGuest> {
-  guest ??= (async () => {
-    const owner = ownerPid();
-    const info = await labUp({ ...LAB_CONFIGS.default, name: `${labPrefix()}-writes`, ...(owner !== undefined ? { ownerPid: owner } : {}) });
-    return { info, console: await GuestConsole.forLab(info) };
-  })();
-  guest.catch(() => (guest = undefined));
-  return guest;
+  return privateGuest('writes', {});
 }
 
 /** The guest's machine and kernel, opened as the CLI opens them. */
@@ -48,8 +24,7 @@ export async function openWritesKernel(info: LabInfo): Promise<{ machine: QemuMa
 
 /** A private audit log file, removed by the returned cleanup. */
 export function tempAuditLog(): { path: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), 'vmlens-audit-'));
-  return { path: join(dir, 'audit.jsonl'), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return sharedTempAuditLog('writes');
 }
 
 /** What the guest's own /proc/sys shows for a sysctl (dotted name), without the final newline. */
