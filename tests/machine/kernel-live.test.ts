@@ -1,5 +1,6 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { ensureKernel } from '../../src/lab/kernels.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDump } from '../../src/machine/dump.ts';
@@ -12,22 +13,14 @@ import { qemuAvailable, type RunningQemu, startQemu } from './support/qemu.ts';
 /**
  * A real Debian kernel booted without a root file system: within seconds both vCPUs run the
  * kernel with paging on (5-level with -cpu max), which is what vCPU state and `paging=true`
- * dumps need. The kernel is found via $VMLENS_TEST_KERNEL or the usual unpack locations.
+ * dumps need. The kernel is the lab's default (or $VMLENS_TEST_KERNEL).
  */
-function findKernel(): string | undefined {
+/** The lab's default Debian kernel (fetched and cached on first use), or $VMLENS_TEST_KERNEL. */
+async function findKernel(): Promise<string> {
   if (process.env.VMLENS_TEST_KERNEL) return process.env.VMLENS_TEST_KERNEL;
-  const dirs = ['/tmp/k/x/boot'];
-  const cache = join(homedir(), '.cache/vmlens/kernels');
-  if (existsSync(cache)) for (const k of readdirSync(cache)) dirs.push(join(cache, k, 'boot'));
-  for (const d of dirs) {
-    if (!existsSync(d)) continue;
-    const v = readdirSync(d).find((f) => f.startsWith('vmlinuz-'));
-    if (v) return join(d, v);
-  }
-  return undefined;
+  return (await ensureKernel()).vmlinuz;
 }
 
-const kernel = findKernel();
 /** Lowest kernel address with 5-level paging (0xffff800000000000 with 4-level). */
 const KERNEL_SPACE = 0xff00000000000000n;
 
@@ -41,7 +34,7 @@ async function until<T>(what: string, ms: number, probe: () => Promise<T | undef
   }
 }
 
-describe.skipIf(!qemuAvailable() || !kernel)('a booting Linux kernel', () => {
+describe.skipIf(!qemuAvailable())('a booting Linux kernel', () => {
   let q: RunningQemu;
   let m: QemuMachine;
   let cpus: VcpuState[];
@@ -49,13 +42,14 @@ describe.skipIf(!qemuAvailable() || !kernel)('a booting Linux kernel', () => {
   let dir: string;
 
   beforeAll(async () => {
+    const kernel = await findKernel();
     dir = mkdtempSync(join(tmpdir(), 'vmlens-kernel-'));
     q = await startQemu({
       memMiB: 384,
       ramFile: true,
       smp: 2,
       run: true,
-      extraArgs: ['-cpu', 'max', '-kernel', kernel!, '-append', 'console=ttyS0 panic=0', '-serial', 'null'],
+      extraArgs: ['-cpu', 'max', '-kernel', kernel, '-append', 'console=ttyS0 panic=0', '-serial', 'null'],
     });
     m = await attachQemu(q.qmpPath, { warnings });
     await until('both vCPUs in the kernel', 120_000, async () => {

@@ -6,11 +6,15 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ensureKernel } from '../../../src/lab/kernels.ts';
 
 export const HOST_BTF = '/sys/kernel/btf/vmlinux';
-export const LAB_KERNEL = '6.1.0-56-amd64';
-export const LAB_VMLINUZ = `/tmp/k/x/boot/vmlinuz-${LAB_KERNEL}`;
-export const LAB_MODULES = `/tmp/k/x/lib/modules/${LAB_KERNEL}/kernel`;
+/** The lab's default Debian kernel, fetched and cached by the lab on first use. */
+const labKernel = await ensureKernel();
+export const LAB_KERNEL = labKernel.release;
+export const LAB_VMLINUZ = labKernel.vmlinuz;
+/** The lab keeps the modules it loads, flat: vfat.ko, fat.ko… */
+export const LAB_MODULES = join(labKernel.dir, 'modules');
 const CACHE_DIR = join(tmpdir(), 'vmlens-test-cache');
 
 const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);

@@ -23,7 +23,7 @@ export interface KernelFlavour {
 }
 
 export const FLAVOURS = {
-  '6.1': { id: '6.1', meta: 'linux-image-amd64', unpacked: '/tmp/k/x' },
+  '6.1': { id: '6.1', meta: 'linux-image-amd64' },
   '6.1-cloud': { id: '6.1-cloud', meta: 'linux-image-cloud-amd64' },
   '6.12': { id: '6.12', meta: 'linux-image-6.12-amd64' },
 } as const satisfies Record<string, KernelFlavour>;
