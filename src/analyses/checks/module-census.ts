@@ -13,6 +13,7 @@
  * - its memory: the `struct module` lives inside the module's own data, in the module mapping
  *   area, and points to itself through `mkobj.mod` — found by scanning that area.
  */
+import { readModuleSymbols } from '../../kernel/modules.ts';
 import { vaAddHi, vaAddLo, vaFromParts } from '../../mmu/va.ts';
 import { listForEachEntry } from '../../kernel/helpers/list.ts';
 import { rbtreeInorderForEachEntry } from '../../kernel/helpers/rbtree.ts';
@@ -291,41 +292,16 @@ export interface ModuleSymbol {
   readonly size: bigint;
 }
 
-const MAX_MODULE_SYMBOLS = 1 << 18;
-const ELF64_SYM_SIZE = 24;
-
-/** The symbols of the module at `address`, sorted by address; [] (with a warning) if unreadable. */
+/**
+ * The symbols of the module at `address` (listed or not), sorted by address, with the kernel's
+ * own reader of a module's symtab; [] (with a warning) if unreadable.
+ */
 export function moduleSymbols(k: Kernel, address: bigint): ModuleSymbol[] {
   try {
-    const ks = k.object('struct module', address).member('kallsyms');
-    if (ks.isNull()) return [];
-    const symtab = ks.member('symtab').ptr();
-    const strtab = ks.member('strtab').ptr();
-    const n = ks.member('num_symtab').num();
-    if (n > MAX_MODULE_SYMBOLS) {
-      k.warnings.warn('modules: symbols', `module at 0x${address.toString(16)} claims ${n} symbols; not read`);
-      return [];
-    }
-    const raw = k.space.readBytes(symtab, n * ELF64_SYM_SIZE);
-    const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-    const out: ModuleSymbol[] = [];
-    for (let i = 0; i < n; i++) {
-      const p = i * ELF64_SYM_SIZE;
-      const nameOff = dv.getUint32(p, true);
-      const value = dv.getBigUint64(p + 8, true);
-      const size = dv.getBigUint64(p + 16, true);
-      if (value === 0n || nameOff === 0) continue;
-      const na = strtab + BigInt(nameOff);
-      let name: string;
-      try {
-        name = readCString(k.space, Number(na >> 32n) >>> 0, Number(na & 0xffff_ffffn), 256);
-      } catch (e) {
-        guestDataError(e);
-        continue;
-      }
-      if (name.length > 0) out.push({ name, address: value, size });
-    }
-    return out.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+    return readModuleSymbols(k, k.object('struct module', address))
+      .filter((s) => s.address !== 0n)
+      .map(({ name, address: a, size }) => ({ name, address: a, size }))
+      .sort((x, y) => (x.address < y.address ? -1 : x.address > y.address ? 1 : 0));
   } catch (e) {
     k.warnings.warn('modules: symbols', `module at 0x${address.toString(16)}: ${guestDataError(e).message}`);
     return [];
