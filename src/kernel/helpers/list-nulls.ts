@@ -11,6 +11,7 @@ import type { AddressSpace } from '../../mmu/address-space.ts';
 import { vaAddHi, vaAddLo } from '../../mmu/va.ts';
 import type { Warnings } from '../../util/warnings.ts';
 import { hex } from '../object.ts';
+import { WalkGuard, WALK_CYCLE, WALK_TOO_LONG } from './list.ts';
 
 /** is_a_nulls(): the end marker of a nulls list. */
 export function isANulls(lo: number): boolean {
@@ -34,34 +35,25 @@ export function hlistNullsForEach(
 ): number {
   let hi = firstHi;
   let lo = firstLo;
-  let count = 0;
-  let tHi = 0;
-  let tLo = 1; // never an entry (odd)
-  let power = 1;
-  let lambda = 0;
+  const guard = new WalkGuard(limit, 0, 1); // odd: never an entry
   while (!isANulls(lo) && (hi !== 0 || lo !== 0)) {
-    if (++count > limit) {
+    const verdict = guard.step(hi, lo);
+    if (verdict === WALK_TOO_LONG) {
       warnings.warn(what, `more than ${limit} entries; stopped`);
-      return count - 1;
+      return guard.count - 1;
     }
-    if (hi === tHi && lo === tLo) {
-      warnings.warn(what, `cycle after ${count} entries`);
-      return count - 1;
-    }
-    if (++lambda === power) {
-      tHi = hi;
-      tLo = lo;
-      power *= 2;
-      lambda = 0;
+    if (verdict === WALK_CYCLE) {
+      warnings.warn(what, `cycle after ${guard.count} entries`);
+      return guard.count - 1;
     }
     if (space.translate(hi, lo) < 0) {
       warnings.warn(what, `node at ${hex(hi, lo)} is not mapped`);
-      return count - 1;
+      return guard.count - 1;
     }
     visit(vaAddHi(hi, lo, -memberOffset), vaAddLo(lo, -memberOffset));
     const next = space.readU64(hi, lo);
     hi = space.hi;
     lo = next;
   }
-  return count;
+  return guard.count;
 }

@@ -19,6 +19,47 @@ export interface WalkLimits {
 
 export const DEFAULT_WALK_LIMIT = 1_000_000;
 
+/** What WalkGuard.step() says of a node: go on, too many nodes, or a node seen before. */
+export const WALK_OK = 0;
+export const WALK_TOO_LONG = 1;
+export const WALK_CYCLE = 2;
+
+/**
+ * The bound and the cycle check every walk over a guest's linked structure needs: at most
+ * `limit` nodes, and Brent's algorithm (constant memory: a tortoise that jumps to the hare at
+ * powers of two) to notice a node seen before. `step(hi, lo)` is called with each node before
+ * it is used. The start node is the first tortoise: a circular list's head, or a value no node
+ * can have.
+ */
+export class WalkGuard {
+  count = 0;
+  private tortoiseHi: number;
+  private tortoiseLo: number;
+  private power = 1;
+  private lambda = 0;
+
+  constructor(
+    readonly limit: number,
+    startHi = 0,
+    startLo = 0,
+  ) {
+    this.tortoiseHi = startHi;
+    this.tortoiseLo = startLo;
+  }
+
+  step(hi: number, lo: number): number {
+    if (++this.count > this.limit) return WALK_TOO_LONG;
+    if (hi === this.tortoiseHi && lo === this.tortoiseLo) return WALK_CYCLE;
+    if (++this.lambda === this.power) {
+      this.tortoiseHi = hi;
+      this.tortoiseLo = lo;
+      this.power *= 2;
+      this.lambda = 0;
+    }
+    return WALK_OK;
+  }
+}
+
 /**
  * A cursor over a circular list of list_head nodes starting after `head`. `next()` moves to the
  * next node and returns false at the end of the list or when the walk must stop: a node that
@@ -29,14 +70,9 @@ export const DEFAULT_WALK_LIMIT = 1_000_000;
 export class ListCursor {
   hi: number;
   lo: number;
-  count = 0;
   /** Set when the walk stopped early (the list is corrupt, or changed under a live walk). */
   broken = false;
-  private tortoiseHi: number;
-  private tortoiseLo: number;
-  private power = 1;
-  private lambda = 0;
-  private readonly limit: number;
+  private readonly guard: WalkGuard;
   private readonly what: string;
 
   constructor(
@@ -50,10 +86,13 @@ export class ListCursor {
   ) {
     this.hi = headHi;
     this.lo = headLo;
-    this.tortoiseHi = headHi;
-    this.tortoiseLo = headLo;
-    this.limit = limits.limit ?? DEFAULT_WALK_LIMIT;
+    this.guard = new WalkGuard(limits.limit ?? DEFAULT_WALK_LIMIT, headHi, headLo);
     this.what = limits.what ?? 'list';
+  }
+
+  /** Nodes visited so far. */
+  get count(): number {
+    return this.guard.count;
   }
 
   next(): boolean {
@@ -76,14 +115,9 @@ export class ListCursor {
     }
     if (hi === this.headHi && lo === this.headLo) return false;
     if (hi === 0 && lo === 0) return this.stop(`NULL link after ${this.count} entries`);
-    if (++this.count > this.limit) return this.stop(`more than ${this.limit} entries; stopped`);
-    if (hi === this.tortoiseHi && lo === this.tortoiseLo) return this.stop(`cycle not through the head after ${this.count} entries`);
-    if (++this.lambda === this.power) {
-      this.tortoiseHi = hi;
-      this.tortoiseLo = lo;
-      this.power *= 2;
-      this.lambda = 0;
-    }
+    const verdict = this.guard.step(hi, lo);
+    if (verdict === WALK_TOO_LONG) return this.stop(`more than ${this.guard.limit} entries; stopped`);
+    if (verdict === WALK_CYCLE) return this.stop(`cycle not through the head after ${this.count} entries`);
     this.hi = hi;
     this.lo = lo;
     return true;
@@ -127,27 +161,17 @@ export function* hlistForEachEntry(head: KObject, type: string, member: string, 
   // on NULL (a fake head address that can never match).
   let lo = space.readU64(h.hi, h.lo);
   let hi = space.hi;
-  let count = 0;
-  let tHi = 0;
-  let tLo = 0;
-  let power = 1;
-  let lambda = 0;
-  const limit = limits?.limit ?? DEFAULT_WALK_LIMIT;
+  const guard = new WalkGuard(limits?.limit ?? DEFAULT_WALK_LIMIT);
   const what = limits?.what ?? 'hlist';
   while (hi !== 0 || lo !== 0) {
-    if (++count > limit) {
-      ctx.warnings.warn(what, `more than ${limit} entries; stopped`);
+    const verdict = guard.step(hi, lo);
+    if (verdict === WALK_TOO_LONG) {
+      ctx.warnings.warn(what, `more than ${guard.limit} entries; stopped`);
       return;
     }
-    if (hi === tHi && lo === tLo) {
-      ctx.warnings.warn(what, `cycle after ${count} entries`);
+    if (verdict === WALK_CYCLE) {
+      ctx.warnings.warn(what, `cycle after ${guard.count} entries`);
       return;
-    }
-    if (++lambda === power) {
-      tHi = hi;
-      tLo = lo;
-      power *= 2;
-      lambda = 0;
     }
     if (space.translate(hi, lo) < 0) {
       ctx.warnings.warn(what, `node at ${hex(hi, lo)} is not mapped`);

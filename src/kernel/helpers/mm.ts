@@ -12,7 +12,7 @@ import { AddressSpace } from '../../mmu/address-space.ts';
 import { vaHi, vaLo } from '../../mmu/va.ts';
 import { GuestDataError } from '../../util/errors.ts';
 import { KObject } from '../object.ts';
-import type { WalkLimits } from './list.ts';
+import { WalkGuard, WALK_CYCLE, WALK_TOO_LONG, type WalkLimits } from './list.ts';
 import { mtForEach } from './maple-tree.ts';
 
 /** Stops runaway walks only: the kernel caps VMAs per process at vm.max_map_count (65530 by default, settable higher). */
@@ -55,24 +55,17 @@ export function* forEachVma(mm: KObject, limits: WalkLimits = {}): Generator<KOb
   // Before 6.1: a NULL-terminated list sorted by address, through vm_next.
   const nextOff = ctx.btf.memberOffset(vmaType, 'vm_next');
   let cur = m.member('mmap').ptr();
-  let count = 0;
   let lastEnd = 0n;
-  let tortoise = 0n;
-  let power = 1;
-  let lambda = 0;
+  const guard = new WalkGuard(limit);
   while (cur !== 0n) {
-    if (++count > limit) {
+    const verdict = guard.step(vaHi(cur), vaLo(cur));
+    if (verdict === WALK_TOO_LONG) {
       ctx.warnings.warn(what, `more than ${limit} vmas; stopped`);
       return;
     }
-    if (cur === tortoise) {
-      ctx.warnings.warn(what, `cycle after ${count} vmas`);
+    if (verdict === WALK_CYCLE) {
+      ctx.warnings.warn(what, `cycle after ${guard.count} vmas`);
       return;
-    }
-    if (++lambda === power) {
-      tortoise = cur;
-      power *= 2;
-      lambda = 0;
     }
     let start: bigint;
     let next: bigint;
