@@ -115,8 +115,12 @@ export interface ProcessWatchOptions {
  */
 export const MAX_TRACKED = 200_000;
 
-/** How long after first seeing a process its comm is re-read, to report an exec. */
-export const EXEC_WATCH_MS = 250;
+/**
+ * How long after first seeing a process its comm is re-read, to report an exec. Long enough for
+ * an emulated guest on a busy host to get from fork through exec to a program naming itself (a
+ * busybox applet is "exe" until it renames itself); only young processes pay for the re-read.
+ */
+export const EXEC_WATCH_MS = 2_000;
 
 class Entry {
   constructor(
