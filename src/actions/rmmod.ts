@@ -20,7 +20,7 @@ import type { Kernel } from '../kernel/kernel.ts';
 import { listForEachEntry } from '../kernel/helpers/list.ts';
 import { TargetError, UsageError } from '../util/errors.ts';
 import type { CallArg } from './call/args.ts';
-import { describeErrno, MAX_ERRNO } from './call/errno.ts';
+import { describeErrno, Errno, MAX_ERRNO } from './call/errno.ts';
 import { requireFunction, type KernelFunction } from './call/index.ts';
 import { CAP_SYS_MODULE, withCapability } from './call/safe-point.ts';
 import { withKernelCalls, type CallSessionOptions, type KernelCalls } from './call/session.ts';
@@ -32,11 +32,6 @@ const PROT_READ_WRITE = 0x3n;
 const MAP_PRIVATE_ANONYMOUS = 0x22n;
 /** What rmmod(8) passes; the kernel no longer waits either way. */
 const O_NONBLOCK = 0o4000n;
-const EAGAIN = 11;
-const EBUSY = 16;
-const ENOENT = 2;
-const EPERM = 1;
-const EINTR = 4;
 
 export interface ModuleState {
   readonly name: string;
@@ -140,16 +135,16 @@ async function deleteModuleIn(calls: KernelCalls, p: Plan, name: string): Promis
 function refusal(state: ModuleState, ret: number): string {
   const n = state.name;
   switch (-ret) {
-    case EAGAIN:
+    case Errno.EAGAIN:
       if (state.usedBy.length > 0) return `module ${n} is in use by ${state.usedBy.join(', ')}; nothing was changed`;
       return `module ${n} is in use (${state.refcount} reference${state.refcount === 1 ? '' : 's'}); nothing was changed`;
-    case EBUSY:
+    case Errno.EBUSY:
       return `module ${n} cannot be unloaded now (it has no exit function, or is still loading or already going away); nothing was changed`;
-    case ENOENT:
+    case Errno.ENOENT:
       return `module ${n} is not loaded`;
-    case EPERM:
+    case Errno.EPERM:
       return `the kernel refuses to unload modules (kernel.modules_disabled is set); nothing was changed`;
-    case EINTR:
+    case Errno.EINTR:
       return `interrupted while waiting for the kernel's module lock; nothing was changed`;
     default:
       return `the kernel refused to unload ${n}: ${describeErrno(ret)}`;

@@ -99,18 +99,13 @@ export function processFiles(k: Kernel, task: Pick<TaskRow, 'task' | 'pid' | 'co
 }
 
 function pathRow(k: Kernel, r: StructReader, base: { pid: number; comm: string }, use: FileUse, path: PathRef, root: PathRef | null): FileRow {
-  const inode = r.ptr(path.dentry, 'dentry', 'd_inode');
-  const ino = inodeFacts(r, inode);
+  const ino = inodeFacts(r, r.ptr(path.dentry, 'dentry', 'd_inode'));
+  return { ...base, fd: null, use, file: 0n, type: ino.kind, protocol: '', mode: '', flags: 0, pos: 0, ...pathColumns(k, r, path, root, ino) };
+}
+
+/** The columns every row takes from a path and its inode: mount, device, inode, size, path. */
+function pathColumns(k: Kernel, r: StructReader, path: PathRef, root: PathRef | null, ino: InodeFacts): Pick<FileRow, 'mntId' | 'major' | 'minor' | 'inode' | 'size' | 'path'> {
   return {
-    ...base,
-    fd: null,
-    use,
-    file: 0n,
-    type: ino.kind,
-    protocol: '',
-    mode: '',
-    flags: 0,
-    pos: 0,
     mntId: r.i32(path.mnt - BigInt(r.off('mount', 'mnt')), 'mount', 'mnt_id'),
     major: ino.major,
     minor: ino.minor,
@@ -120,7 +115,15 @@ function pathRow(k: Kernel, r: StructReader, base: { pid: number; comm: string }
   };
 }
 
-function inodeFacts(r: StructReader, inode: bigint): { kind: FileKind; ino: number; size: number; major: number; minor: number } {
+interface InodeFacts {
+  readonly kind: FileKind;
+  readonly ino: number;
+  readonly size: number;
+  readonly major: number;
+  readonly minor: number;
+}
+
+function inodeFacts(r: StructReader, inode: bigint): InodeFacts {
   if (inode === 0n) return { kind: 'unknown', ino: 0, size: 0, major: 0, minor: 0 };
   const mode = r.u16(inode, 'inode', 'i_mode');
   const sb = r.ptr(inode, 'inode', 'i_sb');
@@ -163,12 +166,7 @@ function fileRow(k: Kernel, r: StructReader, base: { pid: number; comm: string }
     mode,
     flags: r.u32(file, F, 'f_flags'),
     pos: Number(BigInt.asIntN(64, r.u64(file, F, 'f_pos'))),
-    mntId: r.i32(path.mnt - BigInt(r.off('mount', 'mnt')), 'mount', 'mnt_id'),
-    major: ino.major,
-    minor: ino.minor,
-    inode: ino.ino,
-    size: ino.size,
-    path: dPath(k, path, root),
+    ...pathColumns(k, r, path, root, ino),
   };
 }
 

@@ -6,9 +6,13 @@
  */
 import type { GuestConsole } from '../../src/lab/index.ts';
 
-/** Text of `file` (relative to /proc/PID) for every process: pid → content. */
-export async function perProcess(con: GuestConsole, command: string): Promise<Map<number, string>> {
-  const out = await con.run(`for d in /proc/[0-9]*; do p=\${d#/proc/}; echo "@@ $p"; ${command}; done`, 180_000);
+/**
+ * Output of `command` (which names the process's directory as $d) for every process, or for
+ * the given ones only: pid → text.
+ */
+export async function perProcess(con: GuestConsole, command: string, pids?: readonly number[]): Promise<Map<number, string>> {
+  const dirs = pids ? pids.map((p) => `/proc/${p}`).join(' ') : '/proc/[0-9]*';
+  const out = await con.run(`for d in ${dirs}; do p=\${d#/proc/}; echo "@@ $p"; ${command}; done`, 180_000);
   const map = new Map<number, string>();
   let pid = -1;
   let lines: string[] = [];

@@ -34,6 +34,9 @@ const ERRNO_NAMES: Readonly<Record<number, string>> = {
   531: 'ENOGRACE',
 };
 
+/** The error numbers actions branch on, named as in include/uapi/asm-generic/errno-base.h. */
+export const Errno = { EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EAGAIN: 11, EBUSY: 16 } as const;
+
 /** Largest errno the kernel encodes in a pointer or a negative return (MAX_ERRNO). */
 export const MAX_ERRNO = 4095;
 
