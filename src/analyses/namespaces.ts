@@ -1,13 +1,13 @@
 /**
  * Containers: each process's namespaces and cgroup — what `ls -l /proc/PID/ns` (the inode
  * numbers of mnt, uts, ipc, pid, pid_for_children, net, user, cgroup, time, time_for_children)
- * and /proc/PID/cgroup (the cgroup v2 line, "0::/path") show, and `ps -o pid,netns,mntns,cgroup`.
- * Processes sharing every namespace with pid 1 are in the host's; the others are contained.
- *
- * Only the unified (v2) hierarchy is read; cgroup v1 hierarchies are not listed.
+ * and /proc/PID/cgroup (every v1 hierarchy's line and the v2 line, see cgroups.ts) show, and
+ * `ps -o pid,netns,mntns,cgroup`. Processes sharing every namespace with pid 1 are in the
+ * host's; the others are contained.
  */
 import { structReader, type StructReader } from '../kernel/helpers/struct-reader.ts';
 import type { Kernel } from '../kernel/kernel.ts';
+import { cgroupHierarchies, cgroupV2Visible, taskCgroups, taskV2CgroupPath, type CgroupHierarchy, type CgroupLine } from './cgroups.ts';
 import { selectProcesses } from './processes.ts';
 import type { TaskRow } from './ps.ts';
 
@@ -33,6 +33,8 @@ export interface NamespaceRow {
   readonly cgroupPath: string | null;
   /** Whether the v2 hierarchy is mounted anywhere (the kernel prints the "0::" line only then). */
   readonly cgroupV2Visible: boolean;
+  /** The lines of /proc/PID/cgroup: each mounted v1 hierarchy, then v2 once mounted. */
+  readonly cgroups: readonly CgroupLine[];
   /** True when any namespace differs from pid 1's. */
   readonly contained: boolean;
 }
@@ -52,8 +54,6 @@ export const NS_LINK_NAMES: Record<(typeof NAMESPACE_KINDS)[number], string> = {
   timeForChildren: 'time_for_children',
 };
 
-const CSS_ONLINE = 1 << 1;
-const MAX_CGROUP_DEPTH = 1024;
 
 export function listNamespaces(k: Kernel, opts: { pids?: ReadonlySet<number> } = {}): NamespaceRow[] {
   const r = structReader(k);
@@ -62,20 +62,38 @@ export function listNamespaces(k: Kernel, opts: { pids?: ReadonlySet<number> } =
   const init = all.find((t) => t.pid === 1);
   const initIds = init ? safeIds(k, r, init) : undefined;
   const visible = cgroupV2Visible(k);
+  let hierarchies: CgroupHierarchy[] = [];
+  try {
+    hierarchies = cgroupHierarchies(k, r);
+  } catch (e) {
+    k.warnings.warn('cgroup', `hierarchies: ${(e as Error).message}`);
+  }
   const rows: NamespaceRow[] = [];
   for (const t of tasks) {
     const ids = safeIds(k, r, t);
     if (!ids) continue;
     let cgroupPath: string | null = null;
+    let cgroups: CgroupLine[] = [];
     try {
-      cgroupPath = taskCgroupPath(k, r, t.task);
+      cgroupPath = taskV2CgroupPath(k, r, t.task);
+      cgroups = taskCgroups(k, r, t.task, hierarchies);
     } catch (e) {
       k.warnings.warn('cgroup', `pid ${t.pid}: ${(e as Error).message}`);
     }
     const contained = initIds !== undefined && NAMESPACE_KINDS.some((n) => ids[n] !== null && initIds[n] !== null && ids[n] !== initIds[n]);
-    rows.push({ pid: t.pid, comm: t.comm, ns: ids, cgroupPath, cgroupV2Visible: visible, contained });
+    rows.push({ pid: t.pid, comm: t.comm, ns: ids, cgroupPath, cgroupV2Visible: visible, cgroups, contained });
   }
   return rows;
+}
+
+/**
+ * The cgroup a table row shows: the v2 path once cgroup2 is mounted; on a v1-only system the
+ * first hierarchy's line ("cpu,cpuacct:/docker/…"), which names a container as well.
+ */
+export function cgroupSummary(row: NamespaceRow): string | null {
+  if (row.cgroupV2Visible) return row.cgroupPath;
+  const first = row.cgroups[0];
+  return first ? `${first.controllers}:${first.path}` : row.cgroupPath;
 }
 
 function safeIds(k: Kernel, r: StructReader, t: TaskRow): NamespaceIds | undefined {
@@ -125,46 +143,4 @@ function activePidNs(k: Kernel, r: StructReader, task: bigint): number | null {
   const upid = r.at(pid, 'pid', 'numbers') + BigInt(level * r.sizeof('upid'));
   const ns = r.ptr(upid, 'upid', 'ns');
   return ns === 0n ? null : r.u32(ns, 'pid_namespace', 'ns.inum');
-}
-
-/** task->cgroups->dfl_cgrp as a path on the v2 hierarchy (kernfs names from its root). */
-export function taskCgroupPath(k: Kernel, r: StructReader, task: bigint): string | null {
-  const cset = r.ptr(task, 'task_struct', 'cgroups');
-  if (cset === 0n) return null;
-  const cgrp = r.ptr(cset, 'css_set', 'dfl_cgrp');
-  if (cgrp === 0n) return null;
-  const kn = r.ptr(cgrp, 'cgroup', 'kn');
-  const path = kernfsPath(k, r, kn);
-  const online = (r.u32(cgrp, 'cgroup', 'self.flags') & CSS_ONLINE) !== 0;
-  return online ? path : `${path} (deleted)`;
-}
-
-/** kernfs_path(): names from the node up to its root (the node whose parent is NULL). */
-export function kernfsPath(k: Kernel, r: StructReader, kn: bigint): string {
-  const parentField = r.has('kernfs_node', 'parent') ? 'parent' : '__parent';
-  const parts: string[] = [];
-  let node = kn;
-  for (let depth = 0; ; depth++) {
-    if (node === 0n) break;
-    const parent = r.ptr(node, 'kernfs_node', parentField);
-    if (parent === 0n) break; // the root's own name is not part of paths
-    if (depth >= MAX_CGROUP_DEPTH) {
-      k.warnings.warn('cgroup', `kernfs chain at 0x${kn.toString(16)} deeper than ${MAX_CGROUP_DEPTH} (a loop?); cut`);
-      break;
-    }
-    parts.push(r.cstr(node, 'kernfs_node', 'name', 256));
-    node = parent;
-  }
-  return `/${parts.reverse().join('/')}`;
-}
-
-/** cgrp_dfl_visible: set once cgroup2 is mounted; before that /proc/PID/cgroup has no v2 line. */
-function cgroupV2Visible(k: Kernel): boolean {
-  const a = k.symbols.lookup('cgrp_dfl_visible');
-  if (a === undefined) return true;
-  try {
-    return k.space.readU8(Number(a >> 32n) >>> 0, Number(a & 0xffff_ffffn)) !== 0;
-  } catch {
-    return true;
-  }
 }

@@ -4,6 +4,7 @@
  * with a warning and what they could read: never hang, never throw past their edge.
  */
 import { beforeEach, describe, expect, it } from 'vitest';
+import { cgroupHierarchies, formatCgroupLine, taskCgroups } from '../../src/analyses/cgroups.ts';
 import { readCmdline } from '../../src/analyses/proc-memory.ts';
 import { formatMapLine, type MapRow } from '../../src/analyses/maps.ts';
 import { dPath, dentryPath, forEachFile, prependPath } from '../../src/kernel/helpers/fs.ts';
@@ -12,6 +13,7 @@ import { MAPLE, mtForEach } from '../../src/kernel/helpers/maple-tree.ts';
 import { accessRemoteVm, forEachVma, mmAddressSpace } from '../../src/kernel/helpers/mm.ts';
 import { formatAddress } from '../../src/kernel/helpers/net.ts';
 import { rbtreeInorderForEachEntry } from '../../src/kernel/helpers/rbtree.ts';
+import { structReader } from '../../src/kernel/helpers/struct-reader.ts';
 import { vaHi, vaLo } from '../../src/mmu/va.ts';
 import { PageTableBuilder } from '../support/synthetic-memory.ts';
 import { DIRECT_MAP, labBtf, SyntheticKernel, USER_TABLES } from './synthetic-kernel.ts';
@@ -340,6 +342,102 @@ describe.skipIf(!btf)('hostile guest data (real 6.1 layouts, synthetic memory)',
     expect(() => mmAddressSpace(s.kernel.object('struct mm_struct', mm))).toThrow(/pgd is NULL/);
     s.set(mm, 'mm_struct', 'pgd', 0xffff_c900_0000_0000n);
     expect(() => mmAddressSpace(s.kernel.object('struct mm_struct', mm))).toThrow(/not mapped/);
+  });
+
+  // ---- cgroups ---------------------------------------------------------------------------------
+
+  /** A kernfs node named `name` under `parent` (0n: a hierarchy's root node). */
+  function kn(name: string, parent: bigint): bigint {
+    const n = s.allocStruct('kernfs_node');
+    s.set(n, 'kernfs_node', 'name', s.string(name));
+    s.set(n, 'kernfs_node', 'parent', parent);
+    return n;
+  }
+  function cgroup(root: bigint, node: bigint, online = true): bigint {
+    const c = s.allocStruct('cgroup');
+    s.set(c, 'cgroup', 'root', root);
+    s.set(c, 'cgroup', 'kn', node);
+    s.write(c + BigInt(s.off('cgroup', 'self.flags')), 4, online ? 2 : 0);
+    return c;
+  }
+  /** Link list_head nodes into a circle through `head`. */
+  function circle(head: bigint, nodes: bigint[]): void {
+    const all = [head, ...nodes];
+    all.forEach((n, i) => {
+      s.set(n, 'list_head', 'next', all[(i + 1) % all.length]!);
+      s.set(n, 'list_head', 'prev', all[(i + all.length - 1) % all.length]!);
+    });
+  }
+  /**
+   * A v2 hierarchy and one v1 hierarchy (id 3, controllers 1 and 2, name "sys"); a task whose
+   * css_set is in /outer/inner on v2 and in /box on v1.
+   */
+  function cgroupWorld() {
+    const count = Number(btf!.enumValue('cgroup_subsys_id', 'CGROUP_SUBSYS_COUNT'));
+    const table = s.symbol('cgroup_subsys', s.alloc(8 * count, 8));
+    for (let i = 0; i < count; i++) {
+      const ss = s.allocStruct('cgroup_subsys');
+      s.set(ss, 'cgroup_subsys', 'legacy_name', s.string(`c${i}`));
+      s.write(table + BigInt(8 * i), 8, ss);
+    }
+    const visible = s.symbol('cgrp_dfl_visible', s.alloc(8, 8));
+    s.write(visible, 1, 1);
+    s.symbol('init_css_set', s.allocStruct('css_set'));
+    const head = s.symbol('cgroup_roots', s.alloc(16, 16));
+    const dfl = s.symbol('cgrp_dfl_root', s.allocStruct('cgroup_root'));
+    const v1 = s.allocStruct('cgroup_root');
+    s.set(v1, 'cgroup_root', 'hierarchy_id', 3);
+    s.set(v1, 'cgroup_root', 'subsys_mask', 0b110);
+    s.writeBytes(v1 + BigInt(s.off('cgroup_root', 'name')), new TextEncoder().encode('sys\0'));
+    const rootList = (r: bigint) => r + BigInt(s.off('cgroup_root', 'root_list'));
+    circle(head, [rootList(v1), rootList(dfl)]); // newest first
+    const v2Top = kn('', 0n);
+    const inner = cgroup(dfl, kn('inner', kn('outer', v2Top)));
+    const box = cgroup(v1, kn('box', kn('', 0n)));
+    const cset = s.allocStruct('css_set');
+    s.set(cset, 'css_set', 'dfl_cgrp', inner);
+    const link = s.allocStruct('cgrp_cset_link');
+    s.set(link, 'cgrp_cset_link', 'cgrp', box);
+    const links = cset + BigInt(s.off('css_set', 'cgrp_links'));
+    const linkNode = link + BigInt(s.off('cgrp_cset_link', 'cgrp_link'));
+    circle(links, [linkNode]);
+    const task = s.allocStruct('task_struct');
+    s.set(task, 'task_struct', 'cgroups', cset);
+    return { head, v1, dfl, inner, box, task, links, linkNode, rootList };
+  }
+  const r = () => structReader(s.kernel);
+  const lines = (task: bigint) => taskCgroups(s.kernel, r(), task, cgroupHierarchies(s.kernel, r())).map(formatCgroupLine);
+
+  it('cgroup: one line per hierarchy, v1 first with its controllers and name, v2 last', () => {
+    const w = cgroupWorld();
+    expect(lines(w.task)).toEqual(['3:c1,c2,name=sys:/box', '0::/outer/inner']);
+    // An exiting task is in the v1 root; a removed v2 cgroup is marked.
+    s.set(w.task, 'task_struct', 'flags', 0x4);
+    s.write(w.inner + BigInt(s.off('cgroup', 'self.flags')), 4, 0);
+    expect(lines(w.task)).toEqual(['3:c1,c2,name=sys:/', '0::/outer/inner (deleted)']);
+    // Until cgroup2 is mounted the kernel prints no v2 line.
+    s.write(s.symbols.byName.get('cgrp_dfl_visible')!, 1, 0);
+    expect(lines(w.task)).toEqual(['3:c1,c2,name=sys:/']);
+    expect(warnings()).toEqual([]);
+  });
+
+  it('cgroup: a hierarchy list, a link list and a kernfs chain that loop end with warnings', () => {
+    const w = cgroupWorld();
+    // The v1 root's list node points at itself: the walk stops there, the v2 root is not reached.
+    s.set(w.rootList(w.v1), 'list_head', 'next', w.rootList(w.v1));
+    // The v1 cgroup's kernfs node is its own parent.
+    const node = s.kernel.space.readU64Big(w.box + BigInt(s.off('cgroup', 'kn')));
+    s.set(node, 'kernfs_node', 'parent', node);
+    const got = lines(w.task);
+    expect(got).toHaveLength(1);
+    expect(got[0]).toMatch(/^3:c1,c2,name=sys:\/(box\/)+box$/);
+    expect(warnings().some((x) => x.startsWith('cgroup hierarchies'))).toBe(true);
+    expect(warnings().some((x) => x.startsWith('cgroup:') && x.includes('a loop?'))).toBe(true);
+    // A looping link list whose one link is on another hierarchy: no line for v1, a warning.
+    s.set(w.linkNode, 'list_head', 'next', w.linkNode);
+    s.set(w.linkNode - BigInt(s.off('cgrp_cset_link', 'cgrp_link')), 'cgrp_cset_link', 'cgrp', w.inner);
+    expect(lines(w.task)).toEqual([]);
+    expect(warnings().some((x) => x.startsWith('css_set links'))).toBe(true);
   });
 });
 

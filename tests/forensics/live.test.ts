@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { processFiles } from '../../src/analyses/lsof.ts';
+import { formatCgroupLine } from '../../src/analyses/cgroups.ts';
 import { formatMapLine, processMaps } from '../../src/analyses/maps.ts';
 import { formatMountinfoLine, listMounts, mangle } from '../../src/analyses/mounts.ts';
 import { listNamespaces, NAMESPACE_KINDS, NS_LINK_NAMES } from '../../src/analyses/namespaces.ts';
@@ -373,16 +374,23 @@ describe('per-process forensics on the default lab guest (with fixtures)', () =>
     expect(contained.some((r) => r.ns.user !== init.ns.user)).toBe(true);
   });
 
-  it('cgroup: the v2 line of every /proc/PID/cgroup, including the process moved to a child cgroup', async () => {
+  it('cgroup: every line of every /proc/PID/cgroup, v1 hierarchies and v2, with the processes moved to child cgroups', async () => {
     const ours = () => new Map(listNamespaces(k).map((r) => [r.pid, r]));
     const { compared } = await compareEach(guest, 'cat $d/cgroup 2>/dev/null', ours, (pid, text, row) => {
       if (!row || text === '') return false;
       expect(row.cgroupV2Visible).toBe(true);
-      expect(`0::${row.cgroupPath}`, `cgroup of pid ${pid}`).toBe(text);
+      expect(row.cgroups.map(formatCgroupLine).join('\n'), `cgroup of pid ${pid}`).toBe(text);
+      expect(`0::${row.cgroupPath}`).toBe(text.split('\n').at(-1));
       return true;
     });
     expect(compared).toBeGreaterThan(60);
-    expect(ours().get(fixturePids[0]!)?.cgroupPath).toBe('/vmlens-fx/inner');
+    const rows = ours();
+    expect(rows.get(fixturePids[0]!)?.cgroupPath).toBe('/vmlens-fx/inner');
+    // The v1 hierarchies the fixtures mounted, newest first, and the process moved in one of them.
+    const second = rows.get(fixturePids[1]!)!.cgroups;
+    expect(second.map((l) => l.controllers)).toEqual(['pids', 'name=vmlens', '']);
+    expect(second.find((l) => l.controllers === 'name=vmlens')?.path).toBe('/box');
+    expect(rows.get(1)!.cgroups.map((l) => l.path)).toEqual(['/', '/', '/']);
   });
 }, SLOW);
 
@@ -574,6 +582,23 @@ describe('the forensic commands through the CLI', () => {
       expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
       const rows = JSON.parse(r.stdout) as unknown[];
       expect(rows.length, args.join(' ')).toBeGreaterThan(0);
+    }
+  });
+
+  it('cgroup prints the lines of /proc/PID/cgroup as rows, a v1 hierarchy mounted for the test included', async () => {
+    const V1 = '/tmp/vmlens-cg-cli';
+    const pid = Number((await guest.console.run(`mkdir -p ${V1} && mount -t cgroup -o none,name=vmlenscli cgroup ${V1} && echo $$`)).trim());
+    try {
+      const r = run(['--json', 'cgroup', '-p', String(pid)]);
+      expect(r.status, r.stderr).toBe(0);
+      const rows = JSON.parse(r.stdout) as { pid: number; hierarchy: number; controllers: string; path: string }[];
+      const want = (await guest.console.run(`cat /proc/${pid}/cgroup`)).trim().split('\n');
+      expect(rows.map((x) => `${x.hierarchy}:${x.controllers}:${x.path}`)).toEqual(want);
+      expect(rows.some((x) => x.controllers === 'name=vmlenscli' && x.pid === pid)).toBe(true);
+      const table = run(['cgroup', '-p', String(pid)]);
+      expect(table.stdout).toMatch(/^PID +COMM +ID +CONTROLLERS +PATH\n/);
+    } finally {
+      await guest.console.run(`umount ${V1}; rmdir ${V1}`);
     }
   });
 

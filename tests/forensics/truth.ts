@@ -70,7 +70,8 @@ export const FIXTURE_DIR = '/tmp/vmlens-fx';
  * - a container-like process: new mount, uts, ipc, net and pid namespaces, its own tmpfs
  *   mounts (one read-only and noexec, one bind mount), slave propagation from a shared /run;
  * - a process in a new user namespace;
- * - cgroup v2 mounted, and the first fixture moved into /vmlens-fx/inner.
+ * - cgroup v2 mounted, and the first fixture moved into /vmlens-fx/inner;
+ * - two cgroup v1 hierarchies: a named one (the second fixture in its /box) and the pids controller.
  */
 export const FIXTURE_SCRIPT = `
 D=${FIXTURE_DIR}; mkdir -p $D; : > $D/pids; : > $D/daemons
@@ -86,6 +87,10 @@ if ! pidof udhcpd >/dev/null; then printf 'interface lab0\\nstart 10.77.0.10\\ne
 mount --make-shared /run
 start 'exec unshare -m -u -i -n -p -f --propagation slave sh -c "mount -t tmpfs -o size=1m,nosuid,nodev vmlens-fx /mnt; mkdir -p /mnt/sub /mnt/ro; mount --bind /mnt/sub /srv; mount -t tmpfs -o ro,noexec vmlens-ro /mnt/ro; hostname vmlens-fx; exec sleep 100000"'
 start 'exec unshare -U -r sleep 100000'
+mkdir -p $D/cg-named $D/cg-pids
+mount -t cgroup -o none,name=vmlens cgroup $D/cg-named; mkdir -p $D/cg-named/box
+echo $(sed -n 2p $D/pids) > $D/cg-named/box/cgroup.procs
+mount -t cgroup -o pids cgroup $D/cg-pids
 mkdir -p /sys/fs/cgroup; mount -t cgroup2 cgroup2 /sys/fs/cgroup; mkdir -p /sys/fs/cgroup/vmlens-fx/inner
 echo $(head -n1 $D/pids) > /sys/fs/cgroup/vmlens-fx/inner/cgroup.procs
 wget -q -O /dev/null http://127.0.0.1:8080/
@@ -104,6 +109,10 @@ usleep 100000
 for p in $(cat /sys/fs/cgroup/vmlens-fx/inner/cgroup.procs 2>/dev/null); do echo $p > /sys/fs/cgroup/cgroup.procs; done
 rmdir /sys/fs/cgroup/vmlens-fx/inner /sys/fs/cgroup/vmlens-fx 2>/dev/null
 umount /sys/fs/cgroup 2>/dev/null
+# A v1 hierarchy outlives its unmount while it has child cgroups: empty them first.
+for p in $(cat $D/cg-named/box/cgroup.procs 2>/dev/null); do echo $p > $D/cg-named/cgroup.procs; done
+rmdir $D/cg-named/box 2>/dev/null
+umount $D/cg-named $D/cg-pids 2>/dev/null
 mount --make-private /run
 rm -rf $D
 true

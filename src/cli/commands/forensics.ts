@@ -4,7 +4,8 @@ import type { Command } from 'commander';
 import { listOpenFiles, fdLabel, type FileRow } from '../../analyses/lsof.ts';
 import { formatMapLine, listMaps, type MapRow } from '../../analyses/maps.ts';
 import { formatMountinfoLine, listMounts, type MountRow } from '../../analyses/mounts.ts';
-import { listNamespaces, NAMESPACE_KINDS, NS_LINK_NAMES, type NamespaceRow } from '../../analyses/namespaces.ts';
+import type { CgroupLine } from '../../analyses/cgroups.ts';
+import { cgroupSummary, listNamespaces, NAMESPACE_KINDS, NS_LINK_NAMES, type NamespaceRow } from '../../analyses/namespaces.ts';
 import { listSockets, ownerLabel, type SocketRow } from '../../analyses/netstat.ts';
 import { parsePidList } from '../../analyses/processes.ts';
 import { dumpProcess, listCmdlines, listEnviron, type CmdlineRow, type EnvironRow } from '../../analyses/proc-memory.ts';
@@ -92,8 +93,21 @@ const nsColumns: Column<NamespaceRow>[] = [
   ...NAMESPACE_KINDS.filter((n) => n !== 'pidForChildren' && n !== 'timeForChildren').map(
     (n): Column<NamespaceRow> => ({ header: NS_LINK_NAMES[n].toUpperCase(), value: (r) => r.ns[n], align: 'right' }),
   ),
-  { header: 'CGROUP PATH', value: (r) => r.cgroupPath },
+  { header: 'CGROUP', value: cgroupSummary },
   { header: 'C', value: (r) => (r.contained ? '*' : '') },
+];
+
+interface CgroupRow extends CgroupLine {
+  readonly pid: number;
+  readonly comm: string;
+}
+
+const cgroupColumns: Column<CgroupRow>[] = [
+  { header: 'PID', value: (r) => r.pid, align: 'right' },
+  { header: 'COMM', value: (r) => r.comm },
+  { header: 'ID', value: (r) => r.hierarchy, align: 'right' },
+  { header: 'CONTROLLERS', value: (r) => r.controllers },
+  { header: 'PATH', value: (r) => r.path },
 ];
 
 const pidOption = ['-p, --pid <pids>', 'only these processes (comma-separated pids)'] as const;
@@ -195,6 +209,18 @@ export function register(program: Command): void {
       await withKernel(cmd, (k, opts) => {
         const rows = listNamespaces(k, { pids });
         emit(opts, () => rows, () => renderTable(nsColumns, rows));
+      });
+    });
+
+  program
+    .command('cgroup')
+    .description('cgroups of processes: every line of /proc/PID/cgroup, v1 hierarchies and v2')
+    .option(...pidOption)
+    .action(async (o: { pid?: string }, cmd: Command) => {
+      const pids = pidsOf(o);
+      await withKernel(cmd, (k, opts) => {
+        const rows = listNamespaces(k, { pids }).flatMap((n) => n.cgroups.map((l): CgroupRow => ({ pid: n.pid, comm: n.comm, ...l })));
+        emit(opts, () => rows, () => renderTable(cgroupColumns, rows));
       });
     });
 
