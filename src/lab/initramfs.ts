@@ -1,12 +1,11 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { BUSYBOX_PATH } from './deps.ts';
 import { buildCpio, type CpioEntry } from './cpio.ts';
 import type { CachedKernel } from './kernels.ts';
-import { cacheDir, ensureDir } from './paths.ts';
+import { cacheDir, checkoutPath, ensureDir } from './paths.ts';
 import { threadsElf } from './threads-elf.ts';
 
 /**
@@ -30,7 +29,7 @@ export const LAB_USERS: readonly LabUser[] = [
 ];
 
 /** Where the guest-side scripts live in the source tree. */
-export const GUEST_FILES_DIR = fileURLToPath(new URL('../../lab/guest/', import.meta.url));
+export const GUEST_FILES_DIR = checkoutPath('lab/guest/');
 
 export interface Initramfs {
   readonly path: string;

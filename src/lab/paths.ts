@@ -1,6 +1,7 @@
-import { accessSync, constants, mkdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /**
  * Where the lab keeps things. Two places with different lifetimes:
@@ -48,4 +49,20 @@ function isWritableDir(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * A path inside the checkout (the guest's scripts, the rootkit's sources): found from the nearest
+ * directory above this module that holds package.json, so that it is the same whether the
+ * module runs from src/ or from the CLI's bundle.
+ */
+export function checkoutPath(relative: string): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 16; i++) {
+    if (existsSync(join(dir, 'package.json'))) return join(dir, relative);
+    const up = dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}: cannot find ${relative}`);
 }

@@ -13,10 +13,9 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { TargetError, UsageError } from '../util/errors.ts';
 import { withLock } from './lock.ts';
-import { cacheDir, ensureDir } from './paths.ts';
+import { cacheDir, checkoutPath, ensureDir } from './paths.ts';
 import { terminalProgress, type Progress } from './progress.ts';
 import { lastLine, runTool } from './run.ts';
 
@@ -34,7 +33,7 @@ import { lastLine, runTool } from './run.ts';
 
 export const ROOTKIT_MODULE_NAME = 'vmlens_rootkit';
 /** The module's source directory in the vmlens tree. */
-export const ROOTKIT_SOURCE_DIR = fileURLToPath(new URL('../../lab/rootkit/', import.meta.url));
+export const ROOTKIT_SOURCE_DIR = checkoutPath('lab/rootkit/');
 /** What goes into a build (and into the cache key). */
 const SOURCE_FILES = ['vmlens_rootkit.c', 'Makefile'] as const;
 
