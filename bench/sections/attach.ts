@@ -1,11 +1,11 @@
 /**
  * Cold attach to the first `ps` line, per source, from fresh processes:
  * - the command line: `bin/vmlens --lab NAME --source S ps`, timed from spawn to the first line
- *   on its stdout (Node start, TypeScript loading through tsx, attach, kernel, scan, output);
+ *   on its stdout (Node start, loading the CLI's bundle, attach, kernel, scan, output);
  * - in-process: a fresh Node process timing itself from attach to the first task row (see
  *   bench/support/cold-attach.ts).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Progress } from '../support/progress.ts';
 import { type SourceKind, SOURCE_LABELS } from '../support/sources.ts';
@@ -66,6 +66,8 @@ export async function benchAttach(labName: string, qmpSocket: string, kind: Sour
   const timeout = kind === 'gdb' ? 600_000 : 120_000;
   const cli: number[] = [];
   const inproc: ChildTimes[] = [];
+  // The first command after a change to the sources rebuilds the CLI's bundle: not part of a start.
+  spawnSync(`${ROOT}bin/vmlens`, ['--help'], { stdio: 'ignore' });
   for (let i = 0; i < runs; i++) {
     progress.step(`attach ${SOURCE_LABELS[kind]}`, `vmlens ps from a fresh process (${i + 1}/${runs})`);
     const r = await timeToFirstLine(`${ROOT}bin/vmlens`, ['--lab', labName, '--source', kind, 'ps'], timeout);

@@ -33,7 +33,8 @@ describe('bin/vmlens', () => {
     expect(bundled.stdout).toBe(direct.stdout);
     expect(bundled.stdout).toMatch(/Agentless introspection/);
     // Bad input: one line and exit code 2, either way.
-    for (const env of [{}, { VMLENS_NO_BUNDLE: '1' }]) {
+    const envs: Record<string, string>[] = [{}, { VMLENS_NO_BUNDLE: '1' }];
+    for (const env of envs) {
       const bad = run(['ps', '--no-such-option'], env);
       expect(bad.status).toBe(2);
       expect(bad.stderr.trim().split('\n')).toHaveLength(1);
