@@ -2,11 +2,12 @@ import type { Command } from 'commander';
 import { formatLayout, structLayout } from '../../kernel/btf/index.ts';
 import { readLog, formatRecord } from '../../analyses/dmesg.ts';
 import { listModules, type ModuleRow } from '../../analyses/lsmod.ts';
+import { parsePidList } from '../../analyses/processes.ts';
 import { listTasks, type TaskRow } from '../../analyses/ps.ts';
 import { buildTree, renderTree, type TreeNode } from '../../analyses/pstree.ts';
 import { uname } from '../../analyses/uname.ts';
 import { UsageError } from '../../util/errors.ts';
-import { emit, parseAddress, withKernel } from '../context.ts';
+import { emit, parseAddress, setExitCode, withKernel } from '../context.ts';
 import { runWatch, WATCH_OPTIONS, type WatchFlags } from './watch.ts';
 import { renderFields, renderTable, type Column } from '../render.ts';
 
@@ -56,12 +57,14 @@ export function register(program: Command): void {
     .option(...WATCH_OPTIONS.duration)
     .option(...WATCH_OPTIONS.interval)
     .action(async (o: { threads?: boolean; pid?: string } & WatchFlags, cmd: Command) => {
-      const pids = o.pid === undefined ? undefined : parsePids(o.pid);
+      const pids = o.pid === undefined ? undefined : parsePidList(o.pid);
       if (o.watch) return runWatch(cmd, o, pids);
       await withKernel(cmd, (k, opts) => {
         let rows = listTasks(k, { threads: o.threads });
         if (pids) rows = rows.filter((r) => pids.has(r.pid) || pids.has(r.tgid));
         emit(opts, () => rows, () => renderTable(psColumns, rows));
+        // As ps(1) does: asked for processes and none of them is there.
+        if (pids && rows.length === 0) setExitCode(1);
       });
     });
 
@@ -173,14 +176,4 @@ export function register(program: Command): void {
         );
       });
     });
-}
-
-function parsePids(text: string): Set<number> {
-  const out = new Set<number>();
-  for (const part of text.split(',')) {
-    const n = Number(part.trim());
-    if (!Number.isInteger(n) || n < 0) throw new UsageError(`not a pid: '${part}'`);
-    out.add(n);
-  }
-  return out;
 }

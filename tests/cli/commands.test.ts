@@ -1,0 +1,75 @@
+/**
+ * The read commands as a user runs them: `bin/vmlens --json CMD` against the shared lab guest,
+ * every answer parsed and set against what the guest itself reports through its console; the
+ * same commands as tables; and the exit codes of asking for what is not there.
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { guestModules, guestProcesses } from '../support/ground-truth.ts';
+import { labGuest, type LabGuest } from '../support/lab.ts';
+import { runCliWhenFree, type CliResult } from '../speed/support.ts';
+
+describe('read commands through the CLI', () => {
+  let guest: LabGuest;
+  const cli = (...args: string[]): Promise<CliResult> => runCliWhenFree(['--qmp', guest.info.qmpSocket, ...args]);
+  const json = async <T>(...args: string[]): Promise<T> => {
+    const r = await cli('--json', ...args);
+    expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+    return JSON.parse(r.stdout) as T;
+  };
+
+  beforeAll(async () => {
+    guest = await labGuest('default');
+  });
+
+  it('uname and overview: the release and hostname the guest prints', async () => {
+    const [release, nodename] = (await guest.console.run('uname -r; uname -n')).trim().split('\n');
+    const u = await json<{ release: string; nodename: string }>('uname');
+    expect({ release: u.release, nodename: u.nodename }).toEqual({ release, nodename });
+    const o = await cli('overview');
+    expect(o.code, o.stderr).toBe(0);
+    expect(o.stdout).toContain(release!);
+  });
+
+  it('ps -p and lsmod: the guest\'s own pid 1 and /proc/modules', async () => {
+    const truth = await guestProcesses(guest.console);
+    const rows = await json<{ pid: number; ppid: number; uid: number; comm: string }[]>('ps', '-p', '1');
+    expect(rows.map((r) => ({ pid: r.pid, ppid: r.ppid, uid: r.uid, comm: r.comm }))).toEqual([{ pid: 1, ppid: 0, uid: 0, comm: truth.get(1)!.comm }]);
+    const mods = await json<{ name: string; size: number }[]>('lsmod');
+    const want = await guestModules(guest.console);
+    expect(mods.map((m) => `${m.name} ${m.size}`).sort()).toEqual(want.map((m) => `${m.name} ${m.size}`).sort());
+  });
+
+  it('pstree, dmesg, sym, type, sysctl, info: each answers JSON with what it should hold', async () => {
+    const tree = await json<{ pid: number; children: unknown[] }[]>('pstree');
+    expect(tree.some((n) => n.pid === 1 && n.children.length > 0)).toBe(true);
+    const log = await json<{ text: string }[]>('dmesg');
+    expect(log.some((r) => r.text.startsWith('Linux version'))).toBe(true);
+    const sym = await json<{ name: string; address: string }>('sym', 'init_task');
+    expect(sym.address).toMatch(/^0xffffffff[0-9a-f]{8}$/);
+    const guestAddr = (await guest.console.run('grep " init_task$" /proc/kallsyms')).trim().split(' ')[0];
+    expect(BigInt(sym.address)).toBe(BigInt(`0x${guestAddr}`));
+    const type = await cli('type', 'list_head');
+    expect(type.code, type.stderr).toBe(0);
+    expect(type.stdout).toMatch(/next/);
+    const pidMax = (await guest.console.run('cat /proc/sys/kernel/pid_max')).trim();
+    const sysctl = await json<{ name: string; value: string }[]>('sysctl', 'kernel.pid_max');
+    expect(sysctl).toEqual([expect.objectContaining({ name: 'kernel.pid_max', value: pidMax })]);
+    const info = await json<{ live: boolean; ramBytes: number }>('info');
+    expect(info.live).toBe(true);
+    expect(info.ramBytes).toBe(guest.info.memoryMiB * 1024 * 1024);
+  });
+
+  it('asking for a process that is not there: ps prints its header and exits 1, as ps(1) does; a bad pid is exit 2 with one line', async () => {
+    const none = await cli('ps', '-p', '999999');
+    expect(none.code).toBe(1);
+    expect(none.stdout.trim().split('\n')).toHaveLength(1);
+    expect(none.stdout).toMatch(/^\s*PID\b/);
+    expect(await json<unknown[]>('ps', '-p', '1')).toHaveLength(1);
+    const bad = await cli('ps', '-p', 'one');
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim()).toBe("vmlens: not a pid: 'one'");
+    const noLab = await runCliWhenFree(['--lab', 'no-such-guest', 'ps']);
+    expect(noLab.code).not.toBe(0);
+    expect(noLab.stderr.trim().split('\n')).toHaveLength(1);
+  });
+});
