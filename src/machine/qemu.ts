@@ -1,7 +1,7 @@
 import { freeLoopbackPort } from '../util/net.ts';
 import { chownSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { type Extent, rangesOf } from '../source/extents.ts';
 import { EM_X86_64, type ElfCoreInfo, readElfCoreFile } from '../source/elf-core.ts';
 import { GdbPhysicalMemory } from '../source/gdb/source.ts';
@@ -71,6 +71,10 @@ export interface RamBackend {
 
 /** Time allowed for the one-page dump that carries the vCPU notes. */
 const NOTES_DUMP_TIMEOUT_MS = 30_000;
+/** How often `query-dump` is asked while QEMU writes a whole-guest core. */
+const ELF_DUMP_POLL_MS = 100;
+/** A core dump whose byte count has not moved for this long has stalled. */
+const ELF_DUMP_STALL_MS = 60_000;
 
 export class QemuMachine implements Machine {
   readonly live = true;
@@ -102,6 +106,40 @@ export class QemuMachine implements Machine {
    */
   async vmcoreinfo(): Promise<string | undefined> {
     return (await this.readNotes())?.notes.vmcoreinfo;
+  }
+
+  /**
+   * QEMU's own ELF core of the whole guest (`dump-guest-memory`, paging off): each RAM block a
+   * PT_LOAD, with the per-vCPU notes and VMCOREINFO that vmlens reads back from dumps. QEMU
+   * writes the file itself, in the background (it stops a running guest meanwhile); `query-dump`
+   * reports the progress. A dump that stops progressing is an error, not a hang.
+   */
+  async writeElfCore(path: string, progress?: (done: number, total: number) => void): Promise<void> {
+    const file = resolve(path);
+    try {
+      await this.qmp.execute('dump-guest-memory', { paging: false, protocol: `file:${file}`, detach: true });
+    } catch (e) {
+      if (e instanceof QmpError) throw new TargetError(`QEMU could not write ${file}: ${e.message}`);
+      throw e;
+    }
+    let last = -1;
+    let lastChange = Date.now();
+    for (;;) {
+      const q = await this.qmp.execute<{ status: string; completed: number; total: number }>('query-dump');
+      if (q.status === 'completed') {
+        progress?.(q.total, q.total);
+        return;
+      }
+      if (q.status === 'failed') throw new TargetError(`QEMU failed writing the dump to ${file} (see QEMU's log)`);
+      if (q.completed !== last) {
+        last = q.completed;
+        lastChange = Date.now();
+        progress?.(q.completed, q.total);
+      } else if (Date.now() - lastChange > ELF_DUMP_STALL_MS) {
+        throw new TargetError(`QEMU's dump to ${file} made no progress for ${ELF_DUMP_STALL_MS / 1000} s`);
+      }
+      await new Promise((r) => setTimeout(r, ELF_DUMP_POLL_MS));
+    }
   }
 
   async pause(): Promise<void> {

@@ -55,6 +55,11 @@ export interface Machine {
   /** Whether the vCPUs are currently stopped (dumps: always true). */
   isPaused(): Promise<boolean>;
   /**
+   * Have the hypervisor write its own ELF core of the guest (RAM and vCPU state) to `path`.
+   * Absent where there is no hypervisor to ask (dumps).
+   */
+  writeElfCore?(path: string, progress?: (done: number, total: number) => void): Promise<void>;
+  /**
    * Let go of control channels (a QMP monitor QEMU serves to one client at a time) between
    * commands; they reconnect when next needed. Absent where there is nothing to let go.
    */

@@ -1,5 +1,6 @@
 import { fstatSync } from 'node:fs';
-import { type FileHandle, open as openAsync } from 'node:fs/promises';
+import { open as openAsync } from 'node:fs/promises';
+import { type CopyProgress, RangeCopier, writeAll } from './copy.ts';
 import { TargetError, UsageError } from '../util/errors.ts';
 import { type Extent, MAX_EXTENTS, normalizeExtents } from './extents.ts';
 import { FileBackedMemory } from './file-backed.ts';
@@ -79,19 +80,16 @@ export async function openLime(path: string, opts: LimeOptions = {}): Promise<Fi
   return FileBackedMemory.create({ kind: 'lime', description: `LiME image ${path}`, fd, extents, map: opts.map });
 }
 
-/** Bytes copied per read of the source while writing. */
-const CHUNK = 16 * 1024 * 1024;
-
 /**
  * Write every RAM range of `source` to `path` as a LiME image. The file is created (or
  * truncated). Reads the source in 16 MiB chunks, so a large guest does not need a large buffer.
  */
-export async function writeLime(path: string, source: PhysicalMemory): Promise<void> {
+export async function writeLime(path: string, source: PhysicalMemory, progress?: CopyProgress): Promise<void> {
   if (source.ranges.length === 0) throw new UsageError('nothing to write: the source has no RAM ranges');
   const file = await openAsync(path, 'w');
   try {
     const header = Buffer.alloc(LIME_HEADER_SIZE);
-    const chunk = Buffer.alloc(Math.min(CHUNK, Math.max(...source.ranges.map((r) => r.size))));
+    const copy = new RangeCopier(source, progress);
     for (const r of source.ranges) {
       header.fill(0);
       header.writeUInt32LE(LIME_MAGIC, 0);
@@ -99,22 +97,9 @@ export async function writeLime(path: string, source: PhysicalMemory): Promise<v
       header.writeBigUInt64LE(BigInt(r.start), 8);
       header.writeBigUInt64LE(BigInt(r.start + r.size - 1), 16);
       await writeAll(file, header);
-      for (let done = 0; done < r.size; ) {
-        const n = Math.min(chunk.length, r.size - done);
-        const piece = chunk.subarray(0, n);
-        source.read(r.start + done, piece);
-        await writeAll(file, piece);
-        done += n;
-      }
+      await copy.range(r, (piece) => writeAll(file, piece));
     }
   } finally {
     await file.close();
-  }
-}
-
-async function writeAll(file: FileHandle, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length; ) {
-    const { bytesWritten } = await file.write(bytes, done, bytes.length - done);
-    done += bytesWritten;
   }
 }

@@ -1,10 +1,10 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openDump } from '../../src/machine/dump.ts';
 import { LIME_HEADER_SIZE, LIME_MAGIC, openLime, writeLime } from '../../src/source/lime.ts';
-import { openRaw } from '../../src/source/raw.ts';
+import { openRaw, writeRaw } from '../../src/source/raw.ts';
 import type { PhysicalMemory } from '../../src/source/types.ts';
 import { PhysicalAccessError } from '../../src/util/errors.ts';
 import { patternBytes } from '../machine/support/qemu.ts';
@@ -106,6 +106,34 @@ describe('raw', () => {
     expect(() => l.read(0x1000, got)).toThrow(PhysicalAccessError);
     l.close();
     await expect(openRaw(path, { layout: [{ gpa: 0, size: 0x4000, offset: 0 }] })).rejects.toThrow(/truncated/);
+  });
+
+  it('writes each range at its physical address, the hole below 4 GiB left sparse; progress counts every byte', async () => {
+    const low = patternBytes(0x9f000, 21);
+    const high = patternBytes(0x20000, 22);
+    const src = arraySource([
+      { start: 0x1000, bytes: low },
+      { start: 0x100000000, bytes: high },
+    ]);
+    const path = join(dir, 'two.raw');
+    const seen: [number, number][] = [];
+    await writeRaw(path, src, (done, total) => seen.push([done, total]));
+    const st = statSync(path);
+    expect(st.size).toBe(0x100020000);
+    // 4 GiB of file, some 760 KiB of data: the rest is holes.
+    expect(st.blocks * 512).toBeLessThan(4 * 2 ** 20);
+    expect(seen.at(-1)).toEqual([low.length + high.length, low.length + high.length]);
+    const m = await openRaw(path);
+    const a = new Uint8Array(low.length);
+    m.read(0x1000, a);
+    expect(Buffer.compare(a, low)).toBe(0);
+    const b = new Uint8Array(high.length);
+    m.read(0x100000000, b);
+    expect(Buffer.compare(b, high)).toBe(0);
+    const hole = new Uint8Array(0x1000);
+    m.read(0x80000000, hole);
+    expect(hole.every((x) => x === 0)).toBe(true);
+    m.close();
   });
 });
 

@@ -1,5 +1,4 @@
 import { resolve } from 'node:path';
-import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { listOpenFiles, fdLabel, type FileRow } from '../../analyses/lsof.ts';
 import { formatMapLine, listMaps, type MapRow } from '../../analyses/maps.ts';
@@ -12,6 +11,7 @@ import { dumpProcess, listCmdlines, listEnviron, type CmdlineRow, type EnvironRo
 import { openKernel } from '../../kernel/open.ts';
 import { pauseForCommand } from '../../machine/pause.ts';
 import { UsageError } from '../../util/errors.ts';
+import { byteProgressBar } from '../progress-bar.ts';
 import { emit, parseCount, reportWarnings, withKernel, withMachine } from '../context.ts';
 import { renderTable, type Column } from '../render.ts';
 
@@ -238,24 +238,9 @@ export function register(program: Command): void {
         const paused = o.pause || opts.consistent ? await pauseForCommand(machine) : undefined;
         try {
           const k = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: paused !== undefined || !machine.live });
-          const bar = process.stderr.isTTY && !opts.json
-            ? new cliProgress.SingleBar({ format: 'dump-proc {bar} {percentage}% {value}/{total} MiB', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic)
-            : undefined;
-          let started = false;
-          const index = dumpProcess(k, pid, out, {
-            pageCache: o.pageCache,
-            progress: bar
-              ? (done, total) => {
-                  const mib = (n: number) => Math.round(n / 2 ** 20);
-                  if (!started) {
-                    bar.start(mib(total), 0);
-                    started = true;
-                  }
-                  bar.update(mib(done));
-                }
-              : undefined,
-          });
-          if (started) bar?.stop();
+          const bar = byteProgressBar('dump-proc', opts.json);
+          const index = dumpProcess(k, pid, out, { pageCache: o.pageCache, progress: bar ? (done, total) => bar.update(done, total) : undefined });
+          bar?.stop();
           emit(
             opts,
             () => ({ directory: out, ...index }),

@@ -1,9 +1,13 @@
 import type { Command } from 'commander';
-import { writeSync } from 'node:fs';
+import { existsSync, rmSync, statSync, writeSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { acquireMemory, DUMP_FORMATS, formatForPath, parseDumpFormat } from '../../machine/acquire.ts';
+import { pauseForCommand } from '../../machine/pause.ts';
 import { addressSpaceFor } from '../../mmu/from-vcpu.ts';
 import { UsageError } from '../../util/errors.ts';
 import { emit, parseAddress, parseCount, withMachine } from '../context.ts';
 import { hexdump } from '../hexdump.ts';
+import { byteProgressBar } from '../progress-bar.ts';
 import { renderTable } from '../render.ts';
 
 /** Largest read `vmlens read` will do in one go; bulk copies use dump commands. */
@@ -22,6 +26,42 @@ interface SpaceOptions {
 }
 
 export function register(program: Command): void {
+  program
+    .command('dump')
+    .description('acquire guest memory into a file: LiME, raw, or QEMU\'s ELF core with vCPU state (open it later with --dump)')
+    .argument('<file>', 'where to write (its extension picks the format: .lime, .raw/.mem, .elf/.core)')
+    .option('--format <format>', `${DUMP_FORMATS.join(', ')} (default: from the file name, else lime)`)
+    .option('--no-pause', 'do not pause a live guest while copying (the image may then mix instants)')
+    .option('--force', 'overwrite an existing file')
+    .action(async (file: string, o: { format?: string; pause: boolean; force?: boolean }, cmd: Command) => {
+      const path = resolve(file);
+      const format = o.format === undefined ? formatForPath(path) : parseDumpFormat(o.format);
+      if (existsSync(path) && !o.force) throw new UsageError(`${path} exists (use --force to overwrite it)`);
+      await withMachine(cmd, async (machine, opts) => {
+        if (format === 'elf' && !machine.writeElfCore) throw new UsageError(`an ELF core is written by QEMU itself: ${machine.name} is not a live QEMU guest (write lime or raw)`);
+        const started = process.hrtime.bigint();
+        const paused = o.pause ? await pauseForCommand(machine) : undefined;
+        const bar = byteProgressBar(`dump ${format}`, opts.json);
+        try {
+          await acquireMemory(machine, path, format, bar ? (done, total) => bar.update(done, total) : undefined);
+        } catch (e) {
+          rmSync(path, { force: true });
+          throw e;
+        } finally {
+          bar?.stop();
+          if (paused) await paused.resume();
+        }
+        const ms = Number(process.hrtime.bigint() - started) / 1e6;
+        const ram = machine.memory.ranges.reduce((n, r) => n + r.size, 0);
+        const result = { file: path, format, ramBytes: ram, ranges: machine.memory.ranges.length, fileBytes: statSync(path).size, ms: Math.round(ms) };
+        emit(
+          opts,
+          () => result,
+          () => `${(ram / 2 ** 30).toFixed(2)} GiB of guest RAM (${result.ranges} range${result.ranges === 1 ? '' : 's'}) written to ${path} as ${format} in ${(ms / 1000).toFixed(1)} s; open it with: vmlens --dump ${file} overview`,
+        );
+      });
+    });
+
   program
     .command('read')
     .description('read guest memory: a hex dump, or raw bytes to stdout with --raw')
