@@ -5,6 +5,7 @@
  */
 import { beforeEach, describe, expect, it } from 'vitest';
 import { cgroupHierarchies, formatCgroupLine, taskCgroups } from '../../src/analyses/cgroups.ts';
+import { formatCapSet, taskCreds } from '../../src/analyses/creds.ts';
 import { readCmdline } from '../../src/analyses/proc-memory.ts';
 import { formatMapLine, type MapRow } from '../../src/analyses/maps.ts';
 import { dPath, dentryPath, forEachFile, prependPath } from '../../src/kernel/helpers/fs.ts';
@@ -438,6 +439,35 @@ describe.skipIf(!btf)('hostile guest data (real 6.1 layouts, synthetic memory)',
     s.set(w.linkNode - BigInt(s.off('cgrp_cset_link', 'cgrp_link')), 'cgrp_cset_link', 'cgrp', w.inner);
     expect(lines(w.task)).toEqual([]);
     expect(warnings().some((x) => x.startsWith('css_set links'))).toBe(true);
+  });
+
+  // ---- credentials ------------------------------------------------------------------------------
+
+  it('creds: the tracer is the parent of a ptraced task; a group count beyond NGROUPS_MAX reads no groups, with a warning', () => {
+    const cred = s.allocStruct('cred');
+    for (const [m, v] of [['uid', 1000], ['euid', 0], ['suid', 0], ['fsuid', 0], ['gid', 1000], ['egid', 1000], ['sgid', 1000], ['fsgid', 1000]] as const) {
+      s.write(cred + BigInt(s.off('cred', `${m}.val`)), 4, v);
+    }
+    s.write(cred + BigInt(s.off('cred', 'cap_effective')), 8, 0x1ff_ffff_ffffn);
+    const groups = s.alloc(s.btf.sizeof('struct group_info') + 8, 8);
+    s.set(groups, 'group_info', 'ngroups', 2);
+    s.write(groups + BigInt(s.off('group_info', 'gid')), 4, 27);
+    s.write(groups + BigInt(s.off('group_info', 'gid')) + 4n, 4, 1000);
+    s.set(cred, 'cred', 'group_info', groups);
+    const tracer = s.allocStruct('task_struct');
+    s.set(tracer, 'task_struct', 'pid', 77);
+    const task = s.allocStruct('task_struct');
+    s.set(task, 'task_struct', 'real_cred', cred);
+    s.set(task, 'task_struct', 'ptrace', 1);
+    s.set(task, 'task_struct', 'parent', tracer);
+    const row = taskCreds(s.kernel, structReader(s.kernel), { task, pid: 5, comm: 'x' });
+    expect(row).toMatchObject({ uids: [1000, 0, 0, 0], gids: [1000, 1000, 1000, 1000], groups: [27, 1000], tracerPid: 77 });
+    expect(formatCapSet(row.caps.effective)).toBe('000001ffffffffff');
+    s.set(groups, 'group_info', 'ngroups', 0x7fff_ffff);
+    expect(taskCreds(s.kernel, structReader(s.kernel), { task, pid: 5, comm: 'x' }).groups).toEqual([]);
+    expect(warnings().some((w) => w.startsWith('creds:') && w.includes('2147483647 groups'))).toBe(true);
+    s.set(task, 'task_struct', 'real_cred', 0);
+    expect(() => taskCreds(s.kernel, structReader(s.kernel), { task, pid: 5, comm: 'x' })).toThrow(/real_cred is NULL/);
   });
 });
 

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { processFiles } from '../../src/analyses/lsof.ts';
 import { formatCgroupLine } from '../../src/analyses/cgroups.ts';
+import { formatCapSet, listCreds } from '../../src/analyses/creds.ts';
 import { formatMapLine, processMaps } from '../../src/analyses/maps.ts';
 import { formatMountinfoLine, listMounts, mangle } from '../../src/analyses/mounts.ts';
 import { listNamespaces, NAMESPACE_KINDS, NS_LINK_NAMES } from '../../src/analyses/namespaces.ts';
@@ -372,6 +373,41 @@ describe('per-process forensics on the default lab guest (with fixtures)', () =>
     const init = rows.find((r) => r.pid === 1)!;
     expect(contained.some((r) => r.ns.mnt !== init.ns.mnt && r.ns.net !== init.ns.net && r.ns.pid !== init.ns.pid && r.ns.uts !== init.ns.uts)).toBe(true);
     expect(contained.some((r) => r.ns.user !== init.ns.user)).toBe(true);
+  });
+
+  it('creds: uids, gids, groups, capability sets, no_new_privs, seccomp and tracer of every process, as /proc/PID/status shows them', async () => {
+    const cmd = 'grep -E "^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|TracerPid):" $d/status 2>/dev/null';
+    const ours = () => new Map(listCreds(k).map((r) => [r.pid, r]));
+    const { compared } = await compareEach(guest, cmd, ours, (pid, text, row) => {
+      if (!row || text === '') return false;
+      const want = new Map(text.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)]));
+      const mine = new Map<string, string>([
+        ['Uid', row.uids.join('\t')],
+        ['Gid', row.gids.join('\t')],
+        // The kernel separates groups by spaces and always adds one more.
+        ['Groups', `${row.groups.join(' ')} `],
+        ['CapInh', formatCapSet(row.caps.inheritable)],
+        ['CapPrm', formatCapSet(row.caps.permitted)],
+        ['CapEff', formatCapSet(row.caps.effective)],
+        ['CapBnd', formatCapSet(row.caps.bounding)],
+        ['CapAmb', formatCapSet(row.caps.ambient)],
+        ['NoNewPrivs', row.noNewPrivs ? '1' : '0'],
+        ['Seccomp', String(row.seccomp)],
+        ['TracerPid', String(row.tracerPid)],
+      ]);
+      expect(Object.fromEntries(mine), `status of pid ${pid}`).toEqual(Object.fromEntries(want));
+      return true;
+    });
+    expect(compared).toBeGreaterThan(60);
+    const rows = ours();
+    const CAP_NET_BIND_SERVICE = 1n << 10n;
+    const CAP_NET_RAW = 1n << 13n;
+    const limited = rows.get(fixturePids.at(-1)!)!;
+    expect(limited.noNewPrivs).toBe(true);
+    expect(limited.caps.ambient).toBe(CAP_NET_BIND_SERVICE);
+    expect(limited.caps.inheritable).toBe(CAP_NET_BIND_SERVICE | CAP_NET_RAW);
+    const alice = rows.get(guest.info.processes.find((p) => p.comm === 'lab-worker-1')!.pid)!;
+    expect({ uids: alice.uids, effective: alice.caps.effective }).toEqual({ uids: [1000, 1000, 1000, 1000], effective: 0n });
   });
 
   it('cgroup: every line of every /proc/PID/cgroup, v1 hierarchies and v2, with the processes moved to child cgroups', async () => {

@@ -70,6 +70,7 @@ export const FIXTURE_DIR = '/tmp/vmlens-fx';
  * - a container-like process: new mount, uts, ipc, net and pid namespaces, its own tmpfs
  *   mounts (one read-only and noexec, one bind mount), slave propagation from a shared /run;
  * - a process in a new user namespace;
+ * - a process with no_new_privs, inheritable and ambient capabilities (setpriv);
  * - cgroup v2 mounted, and the first fixture moved into /vmlens-fx/inner;
  * - two cgroup v1 hierarchies: a named one (the second fixture in its /box) and the pids controller.
  */
@@ -87,6 +88,7 @@ if ! pidof udhcpd >/dev/null; then printf 'interface lab0\\nstart 10.77.0.10\\ne
 mount --make-shared /run
 start 'exec unshare -m -u -i -n -p -f --propagation slave sh -c "mount -t tmpfs -o size=1m,nosuid,nodev vmlens-fx /mnt; mkdir -p /mnt/sub /mnt/ro; mount --bind /mnt/sub /srv; mount -t tmpfs -o ro,noexec vmlens-ro /mnt/ro; hostname vmlens-fx; exec sleep 100000"'
 start 'exec unshare -U -r sleep 100000'
+start 'exec setpriv --nnp --inh-caps +net_bind_service,+net_raw --ambient-caps +net_bind_service sleep 100000'
 mkdir -p $D/cg-named $D/cg-pids
 mount -t cgroup -o none,name=vmlens cgroup $D/cg-named; mkdir -p $D/cg-named/box
 echo $(sed -n 2p $D/pids) > $D/cg-named/box/cgroup.procs

@@ -4,6 +4,7 @@ import { listOpenFiles, fdLabel, type FileRow } from '../../analyses/lsof.ts';
 import { formatMapLine, listMaps, type MapRow } from '../../analyses/maps.ts';
 import { formatMountinfoLine, listMounts, type MountRow } from '../../analyses/mounts.ts';
 import type { CgroupLine } from '../../analyses/cgroups.ts';
+import { formatCapSet, listCreds, type CredRow } from '../../analyses/creds.ts';
 import { cgroupSummary, listNamespaces, NAMESPACE_KINDS, NS_LINK_NAMES, type NamespaceRow } from '../../analyses/namespaces.ts';
 import { listSockets, ownerLabel, type SocketRow } from '../../analyses/netstat.ts';
 import { parsePidList } from '../../analyses/processes.ts';
@@ -95,6 +96,21 @@ const nsColumns: Column<NamespaceRow>[] = [
   ),
   { header: 'CGROUP', value: cgroupSummary },
   { header: 'C', value: (r) => (r.contained ? '*' : '') },
+];
+
+const credColumns: Column<CredRow>[] = [
+  { header: 'PID', value: (r) => r.pid, align: 'right' },
+  { header: 'COMM', value: (r) => r.comm },
+  { header: 'UID', value: (r) => r.uids[0], align: 'right' },
+  { header: 'EUID', value: (r) => r.uids[1], align: 'right' },
+  { header: 'GID', value: (r) => r.gids[0], align: 'right' },
+  { header: 'EGID', value: (r) => r.gids[1], align: 'right' },
+  { header: 'CAPEFF', value: (r) => formatCapSet(r.caps.effective) },
+  { header: 'CAPPRM', value: (r) => formatCapSet(r.caps.permitted) },
+  { header: 'CAPBND', value: (r) => formatCapSet(r.caps.bounding) },
+  { header: 'NNP', value: (r) => (r.noNewPrivs ? 1 : 0), align: 'right' },
+  { header: 'SECCOMP', value: (r) => r.seccomp, align: 'right' },
+  { header: 'TRACER', value: (r) => r.tracerPid, align: 'right' },
 ];
 
 interface CgroupRow extends CgroupLine {
@@ -209,6 +225,18 @@ export function register(program: Command): void {
       await withKernel(cmd, (k, opts) => {
         const rows = listNamespaces(k, { pids });
         emit(opts, () => rows, () => renderTable(nsColumns, rows));
+      });
+    });
+
+  program
+    .command('creds')
+    .description('credentials of processes: uids, gids, groups, capability sets, no_new_privs, seccomp, tracer (/proc/PID/status, linux.capabilities)')
+    .option(...pidOption)
+    .action(async (o: { pid?: string }, cmd: Command) => {
+      const pids = pidsOf(o);
+      await withKernel(cmd, (k, opts) => {
+        const rows = listCreds(k, { pids });
+        emit(opts, () => rows, () => renderTable(credColumns, rows));
       });
     });
 
