@@ -30,7 +30,26 @@ const MAX_COUNT_BITS = 24;
 const MAX_SIZE_BITS = 31;
 const latin1 = new TextDecoder('latin1');
 
-export function readLog(k: Kernel): LogRecord[] {
+/** Where the ring lives and how it is laid out, read once per call. */
+interface Ring {
+  readonly k: Kernel;
+  readonly count: number;
+  readonly dataSize: number;
+  readonly sizeBits: number;
+  readonly data: bigint;
+  readonly descsBase: bigint;
+  readonly infosBase: bigint;
+  readonly descSize: number;
+  readonly infoSize: number;
+  readonly infoType: number;
+  readonly head: bigint;
+  readonly tail: bigint;
+  readonly offState: number;
+  readonly offBegin: number;
+  readonly offNext: number;
+}
+
+function openRing(k: Kernel): Ring {
   const prb = k.variable('prb', 'struct printk_ringbuffer *').deref();
   const descRing = prb.member('desc_ring');
   const dataRing = prb.member('text_data_ring');
@@ -38,56 +57,106 @@ export function readLog(k: Kernel): LogRecord[] {
   const sizeBits = dataRing.member('size_bits').num();
   if (countBits < 1 || countBits > MAX_COUNT_BITS) throw new GuestDataError(`printk ring: count_bits ${countBits} is implausible`);
   if (sizeBits < 1 || sizeBits > MAX_SIZE_BITS) throw new GuestDataError(`printk ring: size_bits ${sizeBits} is implausible`);
-  const count = 1 << countBits;
-  const dataSize = 2 ** sizeBits;
   const descs = descRing.member('descs').deref();
   const infos = descRing.member('infos').deref();
-  const data = dataRing.member('data').ptr();
-  const descSize = descs.sizeof;
-  const infoSize = infos.sizeof;
-  const descsBase = descs.address;
-  const infosBase = infos.address;
-  const head = descRing.member('head_id').member('counter').big() & DESC_ID_MASK;
-  const tail = descRing.member('tail_id').member('counter').big() & DESC_ID_MASK;
-
-  const offState = k.offsetOf('prb_desc', 'state_var');
   const offLpos = k.offsetOf('prb_desc', 'text_blk_lpos');
-  const offBegin = k.offsetOf('prb_data_blk_lpos', 'begin');
-  const offNext = k.offsetOf('prb_data_blk_lpos', 'next');
-  const infoType = infos.typeId;
+  return {
+    k,
+    count: 1 << countBits,
+    dataSize: 2 ** sizeBits,
+    sizeBits,
+    data: dataRing.member('data').ptr(),
+    descsBase: descs.address,
+    infosBase: infos.address,
+    descSize: descs.sizeof,
+    infoSize: infos.sizeof,
+    infoType: infos.typeId,
+    head: descRing.member('head_id').member('counter').big() & DESC_ID_MASK,
+    tail: descRing.member('tail_id').member('counter').big() & DESC_ID_MASK,
+    offState: k.offsetOf('prb_desc', 'state_var'),
+    offBegin: offLpos + k.offsetOf('prb_data_blk_lpos', 'begin'),
+    offNext: offLpos + k.offsetOf('prb_data_blk_lpos', 'next'),
+  };
+}
 
-  const records: LogRecord[] = [];
+/**
+ * The record with descriptor `id`, if its descriptor is committed or finalized and still
+ * carries that id; undefined for one being written or already reused (a warning if unreadable).
+ */
+function readRecord(ring: Ring, id: bigint): LogRecord | undefined {
+  const { k } = ring;
   const space = k.space;
-  let id = tail;
-  for (let n = 0; n <= count; n++) {
-    const idx = Number(id % BigInt(count));
-    const desc = descsBase + BigInt(idx * descSize);
-    try {
-      const sv = space.readU64Big(desc + BigInt(offState));
-      const state = sv >> DESC_FLAGS_SHIFT;
-      if ((sv & DESC_ID_MASK) === id && (state === DESC_COMMITTED || state === DESC_FINALIZED)) {
-        const info = k.object(infoType, infosBase + BigInt(idx * infoSize));
-        const begin = space.readU64Big(desc + BigInt(offLpos + offBegin));
-        const next = space.readU64Big(desc + BigInt(offLpos + offNext));
-        const textLen = info.member('text_len').num();
-        const text = readText(k, data, dataSize, sizeBits, begin, next, textLen);
-        records.push({
-          seq: info.member('seq').num(),
-          timestampNs: info.member('ts_nsec').num(),
-          level: info.member('level').num(),
-          facility: info.member('facility').num(),
-          caller: callerName(info),
-          text,
-        });
-      }
-    } catch (e) {
-      k.warnings.warn('printk ring', `record ${id}: ${(e as Error).message}`);
-    }
-    if (id === head) break;
+  const idx = Number(id % BigInt(ring.count));
+  const desc = ring.descsBase + BigInt(idx * ring.descSize);
+  try {
+    const sv = space.readU64Big(desc + BigInt(ring.offState));
+    const state = sv >> DESC_FLAGS_SHIFT;
+    if ((sv & DESC_ID_MASK) !== id || (state !== DESC_COMMITTED && state !== DESC_FINALIZED)) return undefined;
+    const info = k.object(ring.infoType, ring.infosBase + BigInt(idx * ring.infoSize));
+    const begin = space.readU64Big(desc + BigInt(ring.offBegin));
+    const next = space.readU64Big(desc + BigInt(ring.offNext));
+    const textLen = info.member('text_len').num();
+    return {
+      seq: info.member('seq').num(),
+      timestampNs: info.member('ts_nsec').num(),
+      level: info.member('level').num(),
+      facility: info.member('facility').num(),
+      caller: callerName(info),
+      text: readText(k, ring.data, ring.dataSize, ring.sizeBits, begin, next, textLen),
+    };
+  } catch (e) {
+    k.warnings.warn('printk ring', `record ${id}: ${(e as Error).message}`);
+    return undefined;
+  }
+}
+
+/** Every record the ring holds, oldest first. */
+export function readLog(k: Kernel): LogRecord[] {
+  const ring = openRing(k);
+  const records: LogRecord[] = [];
+  let id = ring.tail;
+  for (let n = 0; n <= ring.count; n++) {
+    const r = readRecord(ring, id);
+    if (r) records.push(r);
+    if (id === ring.head) break;
     id = (id + 1n) & DESC_ID_MASK;
   }
   records.sort((a, b) => a.seq - b.seq);
   return records;
+}
+
+export interface NewRecords {
+  /** Records after the given sequence number, oldest first. */
+  readonly records: LogRecord[];
+  /** Records after it that the ring no longer holds (overwritten before this read). */
+  readonly lost: number;
+}
+
+/**
+ * The records after sequence number `afterSeq`, oldest first: walked back from the newest until
+ * one at or before `afterSeq`, so a poll costs what is new rather than the whole ring.
+ */
+export function readLogAfter(k: Kernel, afterSeq: number): NewRecords {
+  const ring = openRing(k);
+  const records: LogRecord[] = [];
+  let id = ring.head;
+  let reachedOld = false;
+  for (let n = 0; n <= ring.count; n++) {
+    const r = readRecord(ring, id);
+    if (r) {
+      if (r.seq <= afterSeq) {
+        reachedOld = true;
+        break;
+      }
+      records.push(r);
+    }
+    if (id === ring.tail) break;
+    id = (id - 1n) & DESC_ID_MASK;
+  }
+  records.sort((a, b) => a.seq - b.seq);
+  const oldest = records[0]?.seq;
+  const lost = !reachedOld && oldest !== undefined ? Math.max(0, oldest - afterSeq - 1) : 0;
+  return { records, lost };
 }
 
 function callerName(info: KObject): string {

@@ -3,10 +3,11 @@
  * every answer parsed and set against what the guest itself reports through its console; the
  * same commands as tables; and the exit codes of asking for what is not there.
  */
+import { spawn } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { guestModules, guestProcesses } from '../support/ground-truth.ts';
 import { labGuest, type LabGuest } from '../support/lab.ts';
-import { runCliWhenFree, type CliResult } from '../speed/support.ts';
+import { runCliWhenFree, VMLENS, type CliResult } from '../speed/support.ts';
 
 describe('read commands through the CLI', () => {
   let guest: LabGuest;
@@ -57,6 +58,47 @@ describe('read commands through the CLI', () => {
     const info = await json<{ live: boolean; ramBytes: number }>('info');
     expect(info.live).toBe(true);
     expect(info.ramBytes).toBe(guest.info.memoryMiB * 1024 * 1024);
+  });
+
+  it('dmesg --follow prints what the guest logs from then on, filtered by level, and ends cleanly on Ctrl-C', async () => {
+    // A record logged before the command starts: once it is printed, the first read is done
+    // and everything after comes through the follow loop.
+    const tag = `vmlens-follow-${Date.now()}`;
+    await guest.console.run(`echo "<4>${tag} before" > /dev/kmsg`);
+    const child = spawn(VMLENS, ['--qmp', guest.info.qmpSocket, '--json', 'dmesg', '--follow', '-l', '4', '--interval', '50'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
+    const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const lines = () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; text: string; seq: number });
+    const waitFor = async (what: string, pred: () => boolean): Promise<void> => {
+      const deadline = Date.now() + 60_000;
+      while (!pred()) {
+        if (child.exitCode !== null) throw new Error(`dmesg --follow exited (${child.exitCode}) before ${what}: ${err}`);
+        if (Date.now() > deadline) throw new Error(`no ${what} within 60 s: ${err}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    try {
+      await waitFor('the log so far', () => lines().some((l) => l.text === `${tag} before`));
+      await guest.console.run(`echo "<6>${tag} info" > /dev/kmsg; echo "<3>${tag} error" > /dev/kmsg; echo "<4>${tag} warning" > /dev/kmsg`);
+      await waitFor('the warning', () => lines().some((l) => l.text === `${tag} warning`));
+      const mine = lines().filter((l) => l.text.startsWith(tag));
+      expect(mine.map((l) => [l.level, l.text])).toEqual([
+        [4, `${tag} before`],
+        [3, `${tag} error`],
+        [4, `${tag} warning`],
+      ]);
+      const seqs = lines().map((l) => l.seq);
+      expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+      expect(new Set(seqs).size).toBe(seqs.length);
+      child.kill('SIGINT');
+      expect(await closed).toBe(0);
+      expect(err).toBe('');
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 
   it('asking for a process that is not there: ps prints its header and exits 1, as ps(1) does; a bad pid is exit 2 with one line', async () => {

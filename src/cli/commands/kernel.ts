@@ -7,7 +7,8 @@ import { listTasks, type TaskRow } from '../../analyses/ps.ts';
 import { buildTree, renderTree, type TreeNode } from '../../analyses/pstree.ts';
 import { uname } from '../../analyses/uname.ts';
 import { UsageError } from '../../util/errors.ts';
-import { emit, parseAddress, setExitCode, withKernel } from '../context.ts';
+import { emit, parseAddress, parseCount, setExitCode, withKernel } from '../context.ts';
+import { followLog } from './follow.ts';
 import { runWatch, WATCH_OPTIONS, type WatchFlags } from './watch.ts';
 import { renderFields, renderTable, type Column } from '../render.ts';
 
@@ -92,9 +93,13 @@ export function register(program: Command): void {
     .command('dmesg')
     .description('the kernel log (printk ring buffer)')
     .option('-l, --level <n>', 'only records at this level or more urgent (0-7)')
-    .action(async (o: { level?: string }, cmd: Command) => {
+    .option('-w, --follow', 'wait for new records and print them as they come, like dmesg -w (Ctrl-C ends)')
+    .option('--interval <ms>', 'with --follow: how often the log is read (default 200)')
+    .action(async (o: { level?: string; follow?: boolean; interval?: string }, cmd: Command) => {
       const level = o.level === undefined ? 7 : Number(o.level);
       if (!Number.isInteger(level) || level < 0 || level > 7) throw new UsageError(`level must be 0-7, not '${o.level}'`);
+      if (o.interval !== undefined && !o.follow) throw new UsageError('--interval goes with --follow');
+      if (o.follow) return followLog(cmd, level, o.interval === undefined ? 200 : Math.max(1, parseCount(o.interval, 'interval (ms)', 3_600_000)));
       await withKernel(cmd, (k, opts) => {
         const records = readLog(k).filter((r) => r.level <= level);
         emit(opts, () => records, () => records.map(formatRecord).join('\n'));
