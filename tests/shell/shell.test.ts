@@ -94,6 +94,23 @@ describe('vmlens shell in a terminal', () => {
     tmux('send-keys', '-t', session, 'C-u', '');
   });
 
+  it('Ctrl-C stops a command that runs until stopped (dmesg -w, ps --watch), and the shell goes on', async () => {
+    const atPrompt = (x: string): boolean => /vmlens\([^)]*\)>$/.test(tail(x, 1));
+    for (const [command, after] of [['dmesg -w', /\[\s*\d+\.\d{6}\] .*\n\^?C?vmlens\(/], ['ps --watch', /vmlens: watched [\d.]+ s: /]] as const) {
+      tmux('clear-history', '-t', session);
+      tmux('send-keys', '-t', session, command, 'Enter');
+      // Running: the last row is its output, not the line typed nor a new prompt.
+      await waitFor((x) => !/vmlens\([^)]*\)>/.test(tail(x, 1)), `${command} to start`);
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(atPrompt(screen()), `${command} still running`).toBe(false);
+      tmux('send-keys', '-t', session, 'C-c', '');
+      const s = await waitFor(atPrompt, `a prompt after Ctrl-C in ${command}`);
+      expect(tail(s, 3)).toMatch(after);
+    }
+    tmux('send-keys', '-t', session, 'uname', 'Enter');
+    await waitFor((x) => /> uname\nLinux vmlens-lab .*\n.*vmlens\([^)]*\)>$/.test(tail(x, 3)), 'uname after the stopped commands');
+  });
+
   it('leaves on Ctrl-D', async () => {
     tmux('send-keys', '-t', session, 'C-d', '');
     await waitFor(() => spawnSync('tmux', ['has-session', '-t', session]).status !== 0, 'the shell to exit', 20_000).catch(() => undefined);

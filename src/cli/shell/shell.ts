@@ -45,8 +45,13 @@ export interface ShellOptions {
   readonly output?: NodeJS.WritableStream;
 }
 
-/** Run one line; returns false when the shell should end. */
-async function runLine(line: string, rl: Interface | undefined): Promise<boolean> {
+/**
+ * Run one line; returns false when the shell should end. While a command runs, the terminal
+ * leaves raw mode, so Ctrl-C reaches the process as SIGINT: commands that run until stopped
+ * (ps --watch, dmesg --follow) and kernel calls handle it themselves; the shell's own listener
+ * only keeps it from ending the shell.
+ */
+async function runLine(line: string, rl: Interface | undefined, tty?: NodeJS.ReadStream): Promise<boolean> {
   let words: string[];
   try {
     words = splitWords(line);
@@ -67,12 +72,17 @@ async function runLine(line: string, rl: Interface | undefined): Promise<boolean
     return true;
   }
   rl?.pause();
+  const keepShell = (): void => undefined;
+  process.on('SIGINT', keepShell);
+  tty?.setRawMode(false);
   try {
     await main(words);
   } catch (e) {
     // main() reports every error itself; anything escaping is a bug, still not fatal here.
     process.stderr.write(`vmlens: ${isVmlensError(e) ? e.message : String(e)}\n`);
   } finally {
+    tty?.setRawMode(true);
+    process.off('SIGINT', keepShell);
     rl?.resume();
   }
   return true;
@@ -104,7 +114,7 @@ export async function runShell(opts: ShellOptions): Promise<void> {
   }
   for await (const line of rl) {
     if (interactive && line.trim()) saveHistory(file, line);
-    if (!(await runLine(line, interactive ? rl : undefined))) break;
+    if (!(await runLine(line, interactive ? rl : undefined, interactive ? (input as NodeJS.ReadStream) : undefined))) break;
     if (interactive) rl.prompt();
   }
   rl.close();
