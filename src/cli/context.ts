@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { Kernel } from '../kernel/kernel.ts';
 import { openKernel } from '../kernel/open.ts';
-import { pauseForCommand } from '../machine/pause.ts';
+import { pauseForCommand, type PauseHandle } from '../machine/pause.ts';
 import type { Machine } from '../machine/types.ts';
 import { readerFor } from '../mmu/from-vcpu.ts';
 import { UsageError } from '../util/errors.ts';
@@ -90,6 +90,45 @@ export function parseCount(text: string, what: string, max = Number.MAX_SAFE_INT
   return n;
 }
 
+/**
+ * Pause a live guest for a command (pauseForCommand) so that no interrupt leaves it paused:
+ * Ctrl-C or SIGTERM while the pause is held runs `onInterrupt` (e.g. remove a half-written
+ * file), resumes the guest and ends the process with 130 or 143. Inside the shell the command
+ * runs on to its end instead, since the shell must go on; its pause ends with it.
+ */
+export async function holdPause(machine: Machine, onInterrupt?: () => Promise<void> | void): Promise<PauseHandle | undefined> {
+  const handle = await pauseForCommand(machine);
+  if (!handle || session) return handle;
+  let resumed: Promise<number> | undefined;
+  const resumeOnce = (): Promise<number> => (resumed ??= handle.resume());
+  const onSignal = (signal: NodeJS.Signals): void => {
+    void (async () => {
+      try {
+        await onInterrupt?.();
+      } catch (e) {
+        process.stderr.write(`vmlens: ${e instanceof Error ? e.message : String(e)}\n`);
+      }
+      try {
+        await resumeOnce();
+        process.stderr.write('vmlens: interrupted; the guest runs again\n');
+      } catch (e) {
+        process.stderr.write(`vmlens: interrupted, and the guest could not be resumed: ${e instanceof Error ? e.message : String(e)}\n`);
+      }
+      process.exit(signal === 'SIGTERM' ? 143 : 130);
+    })();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return {
+    startedAt: handle.startedAt,
+    resume(): Promise<number> {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      return resumeOnce();
+    },
+  };
+}
+
 /** Open the target and find its kernel (kallsyms, BTF) — the start of every kernel command. */
 export async function withKernel<T>(
   cmd: Command,
@@ -107,7 +146,7 @@ export async function withKernel<T>(
       kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: !machine.live });
       if (session) session.kernel = kernel;
     }
-    const paused = opts.consistent || how.pause ? await pauseForCommand(machine) : undefined;
+    const paused = opts.consistent || how.pause ? await holdPause(machine) : undefined;
     readerFor(machine).setFrozen(paused !== undefined || !machine.live);
     try {
       const result = await fn(kernel, opts);

@@ -4,6 +4,9 @@
  * same commands as tables; and the exit codes of asking for what is not there.
  */
 import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { guestModules, guestProcesses } from '../support/ground-truth.ts';
 import { labGuest, type LabGuest } from '../support/lab.ts';
@@ -98,6 +101,46 @@ describe('read commands through the CLI', () => {
       expect(err).toBe('');
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('pause and resume: the guest stops and runs as QEMU reports it; a second call says it already was', async () => {
+    const status = async (): Promise<string> => {
+      const r = await cli('--json', 'info');
+      return (JSON.parse(r.stdout) as { paused: boolean }).paused ? 'paused' : 'running';
+    };
+    try {
+      expect((await cli('pause')).stdout.trim()).toBe(`${guest.info.qmpSocket} is paused`);
+      expect(await status()).toBe('paused');
+      expect((await cli('pause')).stdout.trim()).toBe(`${guest.info.qmpSocket} is paused (it already was)`);
+    } finally {
+      expect((await cli('resume')).code).toBe(0);
+    }
+    expect(await status()).toBe('running');
+  });
+
+  it('an interrupted dump leaves no file behind and the guest running again (lime, and elf while QEMU writes)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmlens-dump-int-'));
+    try {
+      for (const format of ['lime', 'elf']) {
+        const file = join(dir, `guest.${format}`);
+        const child = spawn(VMLENS, ['--qmp', guest.info.qmpSocket, 'dump', '--format', format, file], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let err = '';
+        child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
+        const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+        // The file appears once the guest is paused and the copy has begun.
+        const deadline = Date.now() + 120_000;
+        while (!existsSync(file) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+        expect(existsSync(file), `${format}: copying began (${err})`).toBe(true);
+        child.kill('SIGINT');
+        expect(await closed, `${format}: ${err}`).toBe(130);
+        expect(err).toMatch(/interrupted; the guest runs again/);
+        expect(existsSync(file), `${format}: no half-written file`).toBe(false);
+        const info = JSON.parse((await cli('--json', 'info')).stdout) as { paused: boolean };
+        expect(info.paused, `${format}: guest running`).toBe(false);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

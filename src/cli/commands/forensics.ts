@@ -10,10 +10,9 @@ import { listSockets, ownerLabel, type SocketRow } from '../../analyses/netstat.
 import { parsePidList } from '../../analyses/processes.ts';
 import { dumpProcess, listCmdlines, listEnviron, type CmdlineRow, type EnvironRow } from '../../analyses/proc-memory.ts';
 import { openKernel } from '../../kernel/open.ts';
-import { pauseForCommand } from '../../machine/pause.ts';
 import { UsageError } from '../../util/errors.ts';
 import { byteProgressBar } from '../progress-bar.ts';
-import { emit, parseCount, reportWarnings, withKernel, withMachine } from '../context.ts';
+import { emit, holdPause, parseCount, reportWarnings, withKernel, withMachine } from '../context.ts';
 import { renderTable, type Column } from '../render.ts';
 
 /**
@@ -263,7 +262,7 @@ export function register(program: Command): void {
       const pid = [...parsePidList(pidText)][0]!;
       const out = resolve(o.out ?? `pid-${pid}`);
       await withMachine(cmd, async (machine, opts) => {
-        const paused = o.pause || opts.consistent ? await pauseForCommand(machine) : undefined;
+        const paused = o.pause || opts.consistent ? await holdPause(machine) : undefined;
         try {
           const k = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: paused !== undefined || !machine.live });
           const bar = byteProgressBar('dump-proc', opts.json);

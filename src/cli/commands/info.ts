@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { pagingMode, type VcpuState } from '../../machine/types.ts';
 import { totalSize } from '../../source/ranges.ts';
+import { UsageError } from '../../util/errors.ts';
 import { emit, withMachine } from '../context.ts';
 import { renderFields, renderTable } from '../render.ts';
 
@@ -77,4 +78,23 @@ export function register(program: Command): void {
         );
       });
     });
+
+  for (const [name, running] of [['pause', false], ['resume', true]] as const) {
+    program
+      .command(name)
+      .description(running ? 'let a paused guest run again (QMP cont)' : 'stop the guest\'s vCPUs until `vmlens resume` (QMP stop)')
+      .action(async (_o: unknown, cmd: Command) => {
+        await withMachine(cmd, async (machine, opts) => {
+          if (!machine.live || !machine.pause || !machine.resume) throw new UsageError(`${machine.name} is a snapshot: it never runs`);
+          const was = !(await machine.isPaused());
+          if (running && !was) await machine.resume();
+          if (!running && was) await machine.pause();
+          emit(
+            opts,
+            () => ({ name: machine.name, running, changed: was !== running }),
+            () => `${machine.name} ${running ? 'runs' : 'is paused'}${was === running ? ' (it already was)' : ''}`,
+          );
+        });
+      });
+  }
 }

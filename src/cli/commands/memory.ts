@@ -2,10 +2,9 @@ import type { Command } from 'commander';
 import { existsSync, rmSync, statSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { acquireMemory, DUMP_FORMATS, formatForPath, parseDumpFormat } from '../../machine/acquire.ts';
-import { pauseForCommand } from '../../machine/pause.ts';
 import { addressSpaceFor } from '../../mmu/from-vcpu.ts';
 import { UsageError } from '../../util/errors.ts';
-import { emit, parseAddress, parseCount, withMachine } from '../context.ts';
+import { emit, holdPause, parseAddress, parseCount, withMachine } from '../context.ts';
 import { hexdump } from '../hexdump.ts';
 import { byteProgressBar } from '../progress-bar.ts';
 import { renderTable } from '../render.ts';
@@ -40,10 +39,19 @@ export function register(program: Command): void {
       await withMachine(cmd, async (machine, opts) => {
         if (format === 'elf' && !machine.writeElfCore) throw new UsageError(`an ELF core is written by QEMU itself: ${machine.name} is not a live QEMU guest (write lime or raw)`);
         const started = process.hrtime.bigint();
-        const paused = o.pause ? await pauseForCommand(machine) : undefined;
+        let copying: Promise<void> | undefined;
+        // Interrupted: no half-written file stays. QEMU cannot be stopped writing its core, so
+        // for that the guest resumes only once QEMU is done.
+        const paused = o.pause
+          ? await holdPause(machine, async () => {
+              if (format === 'elf') await copying?.catch(() => undefined);
+              rmSync(path, { force: true });
+            })
+          : undefined;
         const bar = byteProgressBar(`dump ${format}`, opts.json);
         try {
-          await acquireMemory(machine, path, format, bar ? (done, total) => bar.update(done, total) : undefined);
+          copying = acquireMemory(machine, path, format, bar ? (done, total) => bar.update(done, total) : undefined);
+          await copying;
         } catch (e) {
           rmSync(path, { force: true });
           throw e;
