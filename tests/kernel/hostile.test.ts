@@ -10,7 +10,7 @@ import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readLog } from '../../src/analyses/dmesg.ts';
+import { readLog, readLogAfter } from '../../src/analyses/dmesg.ts';
 import { listModules } from '../../src/analyses/lsmod.ts';
 import { listTasks } from '../../src/analyses/ps.ts';
 import { uname } from '../../src/analyses/uname.ts';
@@ -139,6 +139,21 @@ describe('hostile guest data: a real dump, patched', () => {
       expect(listTasks(k).length).toBe(P.taskCount);
       expect(listModules(k).length).toBe(P.moduleCount);
       expect(readLog(k).length).toBe(P.logCount);
+      expect(k.warnings.items).toEqual([]);
+    });
+  });
+
+  it('reading the log after a sequence number gives exactly the later records, and counts the ones the ring lost', async () => {
+    await withPatches([], (k) => {
+      const all = readLog(k);
+      expect(all.length).toBeGreaterThan(100);
+      const everything = readLogAfter(k, -1);
+      expect(everything.records).toEqual(all);
+      // Records before the oldest one the ring still holds are lost to any reader.
+      expect(everything.lost).toBe(all[0]!.seq);
+      const mid = Math.floor(all.length / 2);
+      expect(readLogAfter(k, all[mid]!.seq)).toEqual({ records: all.slice(mid + 1), lost: 0 });
+      expect(readLogAfter(k, all.at(-1)!.seq)).toEqual({ records: [], lost: 0 });
       expect(k.warnings.items).toEqual([]);
     });
   });
