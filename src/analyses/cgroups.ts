@@ -9,6 +9,7 @@
 import { listForEachEntry } from '../kernel/helpers/list.ts';
 import type { StructReader } from '../kernel/helpers/struct-reader.ts';
 import type { Kernel } from '../kernel/kernel.ts';
+import { PF_EXITING } from '../kernel/task-flags.ts';
 
 /** One line of /proc/PID/cgroup. */
 export interface CgroupLine {
@@ -36,7 +37,6 @@ const MAX_HIERARCHIES = 1024;
 /** CGROUP_SUBSYS_COUNT has been below 16 for every kernel; subsys_mask is a u16. */
 const MAX_SUBSYS = 16;
 const MAX_CGROUP_ROOT_NAMELEN = 64;
-const PF_EXITING = 0x4;
 const CSS_ONLINE = 1 << 1;
 const MAX_CGROUP_DEPTH = 1024;
 

@@ -12,6 +12,7 @@ import { FieldReader, scanOnce, type Ptr } from '../kernel/analysis-helpers.ts';
 import { DEFAULT_WALK_LIMIT, ListCursor } from '../kernel/helpers/list.ts';
 import type { Kernel } from '../kernel/kernel.ts';
 import { readCString } from '../kernel/object.ts';
+import { PF_KTHREAD, PF_WQ_WORKER } from '../kernel/task-flags.ts';
 import { isVmlensError } from '../util/errors.ts';
 
 export interface TaskRow {
@@ -44,8 +45,6 @@ export interface PsOptions {
   readonly limit?: number;
 }
 
-const PF_KTHREAD = 0x0020_0000;
-const PF_WQ_WORKER = 0x0000_0020;
 /** Size of /proc's name buffer (tcomm[64] in fs/proc/array.c). */
 const PROC_NAME_MAX = 63;
 const STATE_CHARS = 'RSDTtXZPI';

@@ -16,6 +16,7 @@
  *  - whatever the caller further asks of the task (root credentials, the initial pid namespace).
  */
 import type { Kernel } from '../../kernel/kernel.ts';
+import { PF_EXITING, PF_KTHREAD } from '../../kernel/task-flags.ts';
 import type { X86Registers } from '../vcpu.ts';
 
 /** Function entries tried as safe points, best first; at most four breakpoints are set. */
@@ -25,8 +26,6 @@ export const FALLBACK_SAFE_POINT_FUNCTIONS: readonly string[] = ['__x64_sys_read
 const EFLAGS_IF = 0x200n;
 /** x86 keeps PREEMPT_NEED_RESCHED inverted in bit 31 of the preempt count. */
 const PREEMPT_MASK = 0x7fff_ffff;
-const PF_EXITING = 0x4;
-const PF_KTHREAD = 0x0020_0000;
 /** No task stack is this large (16 KiB usually, 32 KiB with KASAN). */
 const MAX_STACK_SPAN = 64n * 1024n;
 /** Stack a safe point must leave below its rsp: room for arguments and the callee. */

@@ -20,6 +20,7 @@
  * int3 and the kernel oopses it. Calls are logged in the audit log whatever their outcome.
  */
 import type { Kernel } from '../../kernel/kernel.ts';
+import { PF_EXITING } from '../../kernel/task-flags.ts';
 import { TargetError, UsageError, VmlensError } from '../../util/errors.ts';
 import { appendAudit, auditTargetOf, type AuditValue } from '../audit.ts';
 import { VcpuControl, type VcpuControlOptions, type X86Registers } from '../vcpu.ts';
@@ -69,7 +70,6 @@ const DEFAULT_RETURN_TIMEOUT_MS = 60_000;
 const RETURN_NOTICE_MS = 10_000;
 /** How often a running call's task is checked for having died. */
 const TASK_CHECK_MS = 1_000;
-const PF_EXITING = 0x4n;
 const DIED = 'died';
 
 function taskState(regs: X86Registers): Partial<X86Registers> {
@@ -204,7 +204,7 @@ export class KernelCalls {
   private taskDied(): boolean {
     try {
       const flags = this.k.space.readU64Big(this.point.task.task + BigInt(this.k.offsetOf('task_struct', 'flags')));
-      return (flags & PF_EXITING) !== 0n;
+      return (flags & BigInt(PF_EXITING)) !== 0n;
     } catch {
       return true;
     }
