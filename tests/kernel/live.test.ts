@@ -70,7 +70,9 @@ describe.each(configs)('Linux layer on the %s lab guest', (config) => {
     let stable = 0;
     for (const [pid, p] of before) {
       const q = after.get(pid);
-      if (!q || q.comm !== p.comm) continue;
+      // Held still: the same process, parent and user at both reads (a process whose parent
+      // exits is reparented while it lives on).
+      if (!q || q.comm !== p.comm || q.ppid !== p.ppid || q.uid !== p.uid) continue;
       stable++;
       const r = ours.get(pid);
       expect(r, `pid ${pid} (${p.comm})`).toBeDefined();
