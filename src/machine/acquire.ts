@@ -28,15 +28,20 @@ export function parseDumpFormat(text: string): DumpFileFormat {
   throw new UsageError(`unknown dump format '${text}' (${DUMP_FORMATS.join(', ')})`);
 }
 
+/** Refuse, before anything is paused or written, a format the machine cannot give. */
+export function assertCanAcquire(machine: Machine, format: DumpFileFormat): void {
+  if (format === 'elf' && !machine.writeElfCore) throw new UsageError(`an ELF core is written by QEMU itself: ${machine.name} is not a live QEMU guest (write lime or raw)`);
+}
+
 /** Write the guest's RAM to `path` in `format`; `progress(done, total)` in bytes. */
 export async function acquireMemory(machine: Machine, path: string, format: DumpFileFormat, progress?: (done: number, total: number) => void): Promise<void> {
+  assertCanAcquire(machine, format);
   switch (format) {
     case 'lime':
       return writeLime(path, machine.memory, progress);
     case 'raw':
       return writeRaw(path, machine.memory, progress);
     case 'elf':
-      if (!machine.writeElfCore) throw new UsageError(`an ELF core is written by QEMU itself: ${machine.name} is not a live QEMU guest (write lime or raw)`);
-      return machine.writeElfCore(path, progress);
+      return machine.writeElfCore!(path, progress);
   }
 }

@@ -75,10 +75,31 @@ describe('vmlens shell in a terminal', () => {
 
   it('completes a pid with Tab', async () => {
     const pid = String(guest.info.processes[0]!.pid);
-    tmux('send-keys', '-t', session, `ps -p ${pid.slice(0, -1)}`, 'Tab');
-    // Several pids may share the prefix: a second Tab lists them; the real pid must be among them.
-    tmux('send-keys', '-t', session, 'Tab');
-    await waitFor((x) => new RegExp(`\\b${pid}\\b`).test(tail(x, 4)), `pid ${pid} offered`);
+    const prefix = pid.slice(0, -1);
+    const typed = `> ps -p ${prefix}`;
+    // Node's readline treats a Tab that arrives in one read with more input as pasted text and
+    // inserts it: each key is sent once the shell has taken the one before. A Tab that still
+    // arrived with the next one leaves a tab in the line; the line is then cleared and typed again.
+    for (let attempt = 1; ; attempt++) {
+      tmux('send-keys', '-t', session, `ps -p ${prefix}`);
+      await waitFor((x) => tail(x, 1).endsWith(typed), 'the typed line');
+      tmux('send-keys', '-t', session, 'Tab');
+      await new Promise((r) => setTimeout(r, 500));
+      // Several pids share the prefix: the second Tab lists them; the real pid must be among them.
+      tmux('send-keys', '-t', session, 'Tab');
+      const s = await waitFor((x) => new RegExp(`\\b${pid}\\b`).test(tail(x, 6)), `pid ${pid} offered`, 10_000).catch(() => undefined);
+      if (s) {
+        // The listing is between the line as typed and the line redrawn below it: pids with the prefix only.
+        const rows = s.split('\n');
+        const at = rows.flatMap((l, i) => (l.endsWith(typed) ? [i] : []));
+        const listed = rows.slice(at.at(-2)! + 1, at.at(-1)).join(' ').trim().split(/\s+/);
+        expect(listed).toContain(pid);
+        for (const p of listed) expect(p.startsWith(prefix), `${p} offered for ${prefix}`).toBe(true);
+        break;
+      }
+      tmux('send-keys', '-t', session, 'C-u', '');
+      if (attempt === 3) throw new Error(`pid ${pid} not offered after ${attempt} attempts; screen:\n${screen()}`);
+    }
     tmux('send-keys', '-t', session, 'C-u', '');
   });
 

@@ -4,6 +4,7 @@
  * one record's read per poll. Records the guest overwrote between two polls are counted, not
  * silently skipped.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import { formatRecord, readLog, readLogAfter, type LogRecord } from '../../analyses/dmesg.ts';
 import { UsageError } from '../../util/errors.ts';
@@ -28,7 +29,8 @@ export async function followLog(cmd: Command, level: number, intervalMs: number)
       first.forEach(print);
       let last = first.at(-1)?.seq ?? -1;
       while (!abort.signal.aborted) {
-        await pause(intervalMs, abort.signal);
+        // Rejects when aborted: then the follow ends.
+        await sleep(intervalMs, undefined, { signal: abort.signal }).catch(() => undefined);
         if (abort.signal.aborted) break;
         const { records, lost } = readLogAfter(k, last);
         if (lost > 0) process.stderr.write(`vmlens: ${lost} log record${lost === 1 ? ' was' : 's were'} overwritten before they could be read\n`);
@@ -41,17 +43,5 @@ export async function followLog(cmd: Command, level: number, intervalMs: number)
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
     }
-  });
-}
-
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
   });
 }

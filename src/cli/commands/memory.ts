@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { existsSync, rmSync, statSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { acquireMemory, DUMP_FORMATS, formatForPath, parseDumpFormat } from '../../machine/acquire.ts';
+import { acquireMemory, assertCanAcquire, DUMP_FORMATS, formatForPath, parseDumpFormat } from '../../machine/acquire.ts';
 import { addressSpaceFor } from '../../mmu/from-vcpu.ts';
 import { UsageError } from '../../util/errors.ts';
 import { emit, holdPause, parseAddress, parseCount, withMachine } from '../context.ts';
@@ -37,7 +37,7 @@ export function register(program: Command): void {
       const format = o.format === undefined ? formatForPath(path) : parseDumpFormat(o.format);
       if (existsSync(path) && !o.force) throw new UsageError(`${path} exists (use --force to overwrite it)`);
       await withMachine(cmd, async (machine, opts) => {
-        if (format === 'elf' && !machine.writeElfCore) throw new UsageError(`an ELF core is written by QEMU itself: ${machine.name} is not a live QEMU guest (write lime or raw)`);
+        assertCanAcquire(machine, format);
         const started = process.hrtime.bigint();
         let copying: Promise<void> | undefined;
         // Interrupted: no half-written file stays. QEMU cannot be stopped writing its core, so
