@@ -10,6 +10,7 @@
  * lifetime, as the guest measured it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { GuestConsole, type LabInfo } from '../../src/lab/index.ts';
 import { type BlipRecord, blipElf, installCommand, parseBlipOutput } from '../support/blip-elf.ts';
@@ -93,16 +94,8 @@ class WatchProcess {
 
   constructor(labName: string) {
     this.child = spawn(`${ROOT}bin/vmlens`, ['--lab', labName, 'ps', '--watch', '--json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let buf = '';
-    this.child.stdout!.setEncoding('utf8');
-    this.child.stdout!.on('data', (chunk: string) => {
-      buf += chunk;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line.trim()) this.lines.push(JSON.parse(line) as WatchLine);
-      }
+    createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      if (line.trim()) this.lines.push(JSON.parse(line) as WatchLine);
     });
     this.child.stderr!.setEncoding('utf8');
     this.child.stderr!.on('data', (c: string) => {

@@ -4,6 +4,7 @@
  * as gone because the task list changed under a walk.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProcessWatch, type WatchEvent } from '../../src/analyses/watch.ts';
 import { taskLayout, TaskScanner } from '../../src/analyses/ps.ts';
@@ -38,15 +39,8 @@ class Watcher {
 
   constructor(qmpSocket: string) {
     this.child = spawn(VMLENS, ['--qmp', qmpSocket, 'ps', '--watch', '--json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let buf = '';
-    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      buf += chunk;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line.trim()) this.lines.push(JSON.parse(line) as Line);
-      }
+    createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      if (line.trim()) this.lines.push(JSON.parse(line) as Line);
     });
     this.child.stderr!.setEncoding('utf8').on('data', (c: string) => (this.stderr += c));
     this.closed = new Promise((resolve) => this.child.on('close', resolve));
