@@ -54,7 +54,6 @@ export const NS_LINK_NAMES: Record<(typeof NAMESPACE_KINDS)[number], string> = {
   timeForChildren: 'time_for_children',
 };
 
-
 export function listNamespaces(k: Kernel, opts: { pids?: ReadonlySet<number> } = {}): NamespaceRow[] {
   const r = structReader(k);
   const all = selectProcesses(k);
@@ -75,8 +74,9 @@ export function listNamespaces(k: Kernel, opts: { pids?: ReadonlySet<number> } =
     let cgroupPath: string | null = null;
     let cgroups: CgroupLine[] = [];
     try {
-      cgroupPath = taskV2CgroupPath(k, r, t.task);
       cgroups = taskCgroups(k, r, t.task, hierarchies);
+      // The v2 line (hierarchy 0) already holds the path; without cgroup2 mounted there is none.
+      cgroupPath = cgroups.find((l) => l.hierarchy === 0)?.path ?? taskV2CgroupPath(k, r, t.task);
     } catch (e) {
       k.warnings.warn('cgroup', `pid ${t.pid}: ${(e as Error).message}`);
     }
