@@ -146,11 +146,7 @@ export async function withKernel<T>(
       kernel = await openKernel(machine, { btfFile: opts.btf, systemMapFile: opts.systemMap, frozen: !machine.live });
       if (session) session.kernel = kernel;
     }
-    const pausing = opts.consistent === true || how.pause === true;
-    // The first type lookup builds BTF's name index (tens of ms on a big kernel): not while the
-    // guest stands still.
-    if (pausing) kernel.btf.findTypeId('struct task_struct');
-    const paused = pausing ? await holdPause(machine) : undefined;
+    const paused = opts.consistent || how.pause ? await holdPause(machine) : undefined;
     readerFor(machine).setFrozen(paused !== undefined || !machine.live);
     try {
       const result = await fn(kernel, opts);

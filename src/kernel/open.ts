@@ -56,6 +56,9 @@ export async function openKernel(machine: Machine, opts: OpenKernelOptions = {})
   space = kernelRootSpace(space, symbols) ?? space;
   const textBase = symbols.lookup('_text') ?? symbols.lookup('_stext') ?? image.start;
   const btf = loadBtf(space, symbols, opts.btfFile);
+  // Every analysis looks types up by name; the first lookup builds the name index (tens of ms).
+  // Build it here, while finding the kernel, so that no command pays it with the guest paused.
+  btf.findTypeId('struct task_struct');
   const readVar = (name: string): bigint | undefined => {
     const a = symbols.lookup(name);
     return a === undefined ? undefined : space.readU64Big(a);
